@@ -1,0 +1,3 @@
+"""statewise: recurrent sequence learning in PyTorch."""
+
+__version__ = "0.1.0"

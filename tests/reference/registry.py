@@ -1,0 +1,39 @@
+"""Where the float64 reference recurrences register themselves for the contract harness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference recurrence for one registered layer.
+
+    run(layer, x, state) -> (y, final_state): x is float64 (B, T, D), state is in the layer's
+    own state format; a plain loop over time, written from the paper's equations, that reads
+    the layer's parameters but calls none of statewise's ops.
+    kwargs: constructor arguments the harness uses (small sizes, several heads, small chunks).
+    random_state(layer, batch, generator) -> a random valid initial state, when a normal
+    random draw of every floating leaf is not a valid state.
+    """
+
+    run: Callable[..., tuple[Any, Any]]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    random_state: Callable[..., Any] | None = None
+
+
+REFERENCES: dict[str, Reference] = {}
+
+
+def reference(name: str, random_state: Callable[..., Any] | None = None, **kwargs: Any):
+    """Decorator: register ``fn`` as the reference recurrence of layer ``name``."""
+
+    def add(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+        if name in REFERENCES:
+            raise ValueError(f"two references for {name!r}")
+        REFERENCES[name] = Reference(fn, kwargs, random_state)
+        return fn
+
+    return add
