@@ -1,3 +1,29 @@
-"""statewise: recurrent sequence learning in PyTorch."""
+"""statewise: recurrent sequence learning in PyTorch.
+
+import statewise
+layer = statewise.layers.get("mingru", d_model=64)
+model = statewise.LanguageModel(statewise.ModelConfig(layer="retnet", d_model=64))
+model = statewise.load("runs/char_lm")        # a checkpoint directory
+"""
+
+from statewise import layers
+from statewise.models import (
+    Forecaster,
+    LanguageModel,
+    ModelConfig,
+    SequenceClassifier,
+    build_model,
+)
+from statewise.train.checkpoint import load
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Forecaster",
+    "LanguageModel",
+    "ModelConfig",
+    "SequenceClassifier",
+    "build_model",
+    "layers",
+    "load",
+]

@@ -146,8 +146,9 @@ def _check_leaf(leaf: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     if not isinstance(leaf, torch.Tensor):
         raise TypeError(f"expected a tensor, got {type(leaf).__name__}")
     if leaf.shape != expected.shape:
-        raise ValueError(f"a state tensor has shape {tuple(leaf.shape)}, "
-                         f"expected {tuple(expected.shape)}")
+        raise ValueError(
+            f"a state tensor has shape {tuple(leaf.shape)}, expected {tuple(expected.shape)}"
+        )
     if leaf.dtype != expected.dtype:
         raise ValueError(f"a state tensor has dtype {leaf.dtype}, expected {expected.dtype}")
     if leaf.device != expected.device:

@@ -1,4 +1,4 @@
-"""The registry of sequence mixers: ``names()``, ``get(name, d_model=..., **kwargs)``, ``info(name)``."""
+"""The registry of sequence mixers: ``names()``, ``get(name, d_model=...)``, ``info(name)``."""
 
 from __future__ import annotations
 

@@ -1,1 +1,15 @@
+"""Blocks, heads and their config."""
 
+from statewise.models.block import Backbone, Block
+from statewise.models.config import ModelConfig
+from statewise.models.heads import Forecaster, LanguageModel, SequenceClassifier, build_model
+
+__all__ = [
+    "Backbone",
+    "Block",
+    "Forecaster",
+    "LanguageModel",
+    "ModelConfig",
+    "SequenceClassifier",
+    "build_model",
+]

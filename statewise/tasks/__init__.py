@@ -1,1 +1,19 @@
+"""Data: tokenizers, text corpora and synthetic tasks."""
 
+from statewise.tasks.base import IGNORE, Batch, Task
+from statewise.tasks.config import DataConfig, build_task
+from statewise.tasks.mqar import MQAR
+from statewise.tasks.text import CharLM, builtin_corpus
+from statewise.tasks.tokenizer import ByteTokenizer
+
+__all__ = [
+    "IGNORE",
+    "MQAR",
+    "Batch",
+    "ByteTokenizer",
+    "CharLM",
+    "DataConfig",
+    "Task",
+    "build_task",
+    "builtin_corpus",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from statewise.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The ``statewise`` command: models, train, eval, generate.
+
+Every mistake a user can make (a bad config, a missing checkpoint, an empty prompt, a
+wrong flag) ends with one line on stderr and exit code 2, and nothing is overwritten.
+Set STATEWISE_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from statewise import layers
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A command line that cannot be carried out."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the usage block
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="statewise", description="Recurrent sequence learning in PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("models", help="list the registered layers")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser(
+        "train",
+        help="train a model from a TOML config",
+        description="Train from CONFIG.toml; override any key with --section.key=value, "
+        "e.g. --train.steps=100 --model.layer=retnet.",
+    )
+    p.add_argument("config", help="the run config (TOML), e.g. examples/char_lm.toml")
+    p.add_argument("--out", help="checkpoint directory (default: runs/<config name>)")
+    p.add_argument(
+        "--resume",
+        metavar="auto|DIR",
+        help="auto: continue the checkpoint in --out if there is one; "
+        "DIR: continue the checkpoint in DIR",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its validation data")
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("generate", help="generate text from a language-model checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--prompt", required=True, metavar="TEXT")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are drawn")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra and args.command != "train":
+            raise UsageError(f"statewise {args.command}: unrecognized arguments: {' '.join(extra)}")
+        return COMMANDS[args.command](args, extra)
+    except KeyboardInterrupt:
+        print("statewise: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError) as err:
+        if os.environ.get("STATEWISE_DEBUG"):
+            raise
+        message = str(err).replace("\n", " ")
+        print(
+            message if message.startswith("statewise") else f"statewise: error: {message}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+
+def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
+    rows = [
+        {
+            "name": n,
+            "family": (i := layers.info(n)).family,
+            "modes": list(i.modes),
+            "state_size": i.state_size,
+            "paper": i.paper,
+        }
+        for n in layers.names()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [["name", "family", "modes", "state per layer (d = d_model)", "paper"]]
+    table += [
+        [r["name"], r["family"], ", ".join(r["modes"]), r["state_size"], r["paper"]] for r in rows
+    ]
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from statewise.train.config import load_config
+    from statewise.train.trainer import train
+
+    overrides = _overrides(extra)
+    config = load_config(args.config, overrides)
+    if args.resume not in (None, "auto"):
+        if args.out and Path(args.out) != Path(args.resume):
+            raise UsageError("statewise train: give either --out or --resume DIR, not both")
+        out, resume = Path(args.resume), True
+        from statewise.train import checkpoint
+
+        if not checkpoint.is_checkpoint(out):
+            raise UsageError(f"statewise train: --resume {out}: not a statewise checkpoint")
+    else:
+        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        resume = args.resume == "auto"
+    final = train(config, out, resume=resume, progress=not args.no_progress)
+    print(
+        f"trained {config.model.layer} to step {final.get('step')}: "
+        + ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in final.items()
+            if k in ("loss", "val_loss", "val_bits_per_char", "val_accuracy")
+        )
+        + f"; checkpoint in {out}"
+    )
+    return 0
+
+
+def _overrides(extra: list[str]) -> list[str]:
+    """``--section.key=value`` and ``--section.key value`` into ``section.key=value``."""
+    out, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--") or "." not in item.split("=")[0]:
+            raise UsageError(
+                f"statewise train: unrecognized argument {item!r}; overrides "
+                "look like --section.key=value"
+            )
+        if "=" in item:
+            out.append(item[2:])
+        elif i + 1 < len(extra):
+            out.append(f"{item[2:]}={extra[i + 1]}")
+            i += 1
+        else:
+            raise UsageError(f"statewise train: {item} needs a value")
+        i += 1
+    return out
+
+
+def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from statewise.tasks.config import build_task
+    from statewise.train import checkpoint
+    from statewise.train.evaluate import evaluate
+
+    model = checkpoint.load(args.checkpoint)
+    config = checkpoint.load_run_config(args.checkpoint)
+    step = checkpoint.load_train_state(args.checkpoint)["step"]
+    task = build_task(config.data, config.train.seed)
+    result = {
+        "step": step,
+        "layer": config.model.layer,
+        "task": config.data.task,
+        **evaluate(model, task, config.train.batch_size, config.train.eval_batches),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['layer']} on {result['task']} at step {step}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
+        )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from statewise.infer.generate import generate_text
+    from statewise.train import checkpoint
+
+    if not args.prompt:
+        raise UsageError("statewise generate: --prompt is empty; give at least one character")
+    if args.max_new_tokens < 0:
+        raise UsageError("statewise generate: --max-new-tokens must be >= 0")
+    model = checkpoint.load(args.checkpoint)
+    if args.stream:
+        print(args.prompt, end="", flush=True)
+        generate_text(
+            model,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            on_text=lambda s: print(s, end="", flush=True),
+        )
+        print()
+    else:
+        text = generate_text(
+            model,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+        )
+        print(args.prompt + text)
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}

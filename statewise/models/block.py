@@ -1,0 +1,90 @@
+"""The residual pre-norm block and the stack of blocks every head is built on.
+
+x = x + dropout(mixer(norm_1(x)))
+x = x + dropout(mlp(norm_2(x)))        # mlp(u) = W_2 gelu(W_1 u)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from statewise import layers
+from statewise.models.config import ModelConfig
+from statewise.ops.tree import State
+
+
+def make_norm(kind: str, d_model: int) -> nn.Module:
+    return nn.RMSNorm(d_model) if kind == "rmsnorm" else nn.LayerNorm(d_model)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, index: int) -> None:
+        super().__init__()
+        self.norm_1 = make_norm(config.norm, config.d_model)
+        self.mixer = layers.get(config.layer, d_model=config.d_model, **config.layer_kwargs)
+        self.dropout = nn.Dropout(config.dropout)
+        hidden = int(round(config.mlp_ratio * config.d_model))
+        if hidden > 0:
+            self.norm_2 = make_norm(config.norm, config.d_model)
+            self.mlp = nn.Sequential(
+                nn.Linear(config.d_model, hidden), nn.GELU(), nn.Linear(hidden, config.d_model)
+            )
+        else:
+            self.mlp = None
+
+    def forward(
+        self, x: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        y, state = self.mixer(self.norm_1(x), state, mask)
+        return self._finish(x + self.dropout(y)), state
+
+    def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        y_t, state = self.mixer.step(self.norm_1(x_t), state)
+        return self._finish(x_t + self.dropout(y_t)), state
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None:
+            return x
+        return x + self.dropout(self.mlp(self.norm_2(x)))
+
+
+class Backbone(nn.Module):
+    """n_layers blocks and a final norm; the state is a list with one entry per block."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = make_norm(config.norm, config.d_model)
+
+    def forward(
+        self, x: torch.Tensor, state: list[State] | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[State]]:
+        state = self._check_state(state)
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x, s = block(x, s, mask)
+            new_state.append(s)
+        return self.norm(x), new_state
+
+    def step(
+        self, x_t: torch.Tensor, state: list[State] | None = None
+    ) -> tuple[torch.Tensor, list[State]]:
+        state = self._check_state(state)
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x_t, s = block.step(x_t, s)
+            new_state.append(s)
+        return self.norm(x_t), new_state
+
+    def init_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> list[State]:
+        return [b.mixer.init_state(batch_size, device, dtype) for b in self.blocks]
+
+    def _check_state(self, state: list[State] | None) -> list[State | None]:
+        if state is None:
+            return [None] * len(self.blocks)
+        if not isinstance(state, (list, tuple)) or len(state) != len(self.blocks):
+            raise ValueError(f"state must be a list with one entry per layer ({len(self.blocks)})")
+        return list(state)

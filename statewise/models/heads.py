@@ -1,0 +1,170 @@
+"""Heads over the block stack: LanguageModel, SequenceClassifier, Forecaster."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from statewise.models.block import Backbone
+from statewise.models.config import ModelConfig
+from statewise.models.sampling import check_sampling, sample_next
+from statewise.ops.tree import State
+
+
+class LanguageModel(nn.Module):
+    """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        # small embeddings (as in GPT-2): with tied weights, N(0, 1) would make the first
+        # logits ~sqrt(d_model) large and the first loss ~20x log(vocab_size)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.backbone = Backbone(config)
+        self.unembed = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        state: list[State] | None = None,
+        mask: torch.Tensor | None = None,
+        return_state: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[State]]:
+        self._check_ids(ids, rank=2)
+        h, state = self.backbone(self.embed(ids), state, mask)
+        logits = self.unembed(h)
+        return (logits, state) if return_state else logits
+
+    def step(
+        self, ids_t: torch.Tensor, state: list[State] | None = None
+    ) -> tuple[torch.Tensor, list[State]]:
+        """One token per sequence, ids_t (B,) -> logits (B, V) and the new state."""
+        self._check_ids(ids_t, rank=1)
+        h, state = self.backbone.step(self.embed(ids_t), state)
+        return self.unembed(h), state
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> list[State]:
+        return self.backbone.init_state(batch_size, device, dtype)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        on_token: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Continue the prompts ``ids`` (B, T) by ``max_new_tokens`` tokens; returns (B, T + N).
+
+        The prompt runs through one parallel forward; then each new token is one ``step``,
+        so memory stays constant however long the generation. ``on_token`` receives each new
+        token column (B,) as soon as it is drawn (for streaming).
+        """
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        if ids.dim() != 2 or ids.shape[1] == 0:
+            raise ValueError("the prompt is empty: generate needs at least one token")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        check_sampling(temperature, top_k, top_p)
+        generator = torch.Generator(device=ids.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        was_training = self.training
+        self.eval()
+        try:
+            logits, state = self(ids, return_state=True)
+            logits, out = logits[:, -1], [ids]
+            for i in range(max_new_tokens):
+                token = sample_next(logits, temperature, top_k, top_p, generator)
+                out.append(token[:, None])
+                if on_token is not None:
+                    on_token(token)
+                if i + 1 < max_new_tokens:
+                    logits, state = self.step(token, state)
+        finally:
+            self.train(was_training)
+        return torch.cat(out, dim=1)
+
+    def _check_ids(self, ids: torch.Tensor, rank: int) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError("ids must be an integer tensor of token ids")
+        if ids.dim() != rank:
+            raise ValueError(f"ids must have {rank} dimensions, got shape {tuple(ids.shape)}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"ids must lie in [0, {self.config.vocab_size})")
+
+
+class SequenceClassifier(nn.Module):
+    """A sequence (B, T) of token ids, or (B, T, input_dim) of values -> logits (B, n_classes).
+
+    The class is read from the state after the last real token (the model is causal, so
+    that token has seen the whole sequence).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = _input_layer(config)
+        self.backbone = Backbone(config)
+        self.classify = nn.Linear(config.d_model, config.n_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h, _ = self.backbone(self.embed(x), None, mask)
+        return self.classify(_last_real(h, mask))
+
+
+class Forecaster(nn.Module):
+    """A window (B, T, input_dim) of a series -> the next values (B, horizon, input_dim)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Linear(config.input_dim, config.d_model)
+        self.backbone = Backbone(config)
+        self.project = nn.Linear(config.d_model, config.horizon * config.input_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.config.input_dim:
+            raise ValueError(
+                f"x must have shape (batch, seq_len, {self.config.input_dim}), got {tuple(x.shape)}"
+            )
+        h, _ = self.backbone(self.embed(x), None, mask)
+        out = self.project(_last_real(h, mask))
+        return out.view(x.shape[0], self.config.horizon, self.config.input_dim)
+
+
+def _input_layer(config: ModelConfig) -> nn.Module:
+    if config.vocab_size > 0:
+        return nn.Embedding(config.vocab_size, config.d_model)
+    return nn.Linear(config.input_dim, config.d_model)
+
+
+def _last_real(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """h (B, T, D) at each row's last True position of mask (the last position if None)."""
+    if mask is None:
+        return h[:, -1]
+    positions = torch.arange(h.shape[1], device=h.device).expand_as(mask)
+    last = torch.where(mask, positions, -1).max(dim=1).values
+    if (last < 0).any():
+        raise ValueError("mask has a row with no real token")
+    return h[torch.arange(h.shape[0], device=h.device), last]
+
+
+HEAD_CLASSES: dict[str, type[nn.Module]] = {
+    "lm": LanguageModel,
+    "classifier": SequenceClassifier,
+    "forecaster": Forecaster,
+}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The head named by ``config.head`` over a stack of ``config.layer`` blocks."""
+    return HEAD_CLASSES[config.head](config)

@@ -1,0 +1,175 @@
+"""Run configs in TOML, mapped onto dataclasses: [model], [data] and [train].
+
+Unknown sections or keys and values of the wrong type are errors (ConfigError, a
+ValueError); ``--section.key=value`` overrides from the command line are parsed as TOML
+values, so ``--train.lr=1e-3``, ``--model.layer=retnet`` and ``--train.steps=10`` all work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from statewise.models.config import ModelConfig
+from statewise.tasks.config import DataConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW with linear warm-up then cosine decay to min_lr_ratio * lr."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in (
+            "steps",
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML run config and apply ``section.key=value`` overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw, source=str(p))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``raw[section][key]`` from ``"section.key=value"`` (value parsed as TOML)."""
+    key, sep, value = item.partition("=")
+    section, dot, name = key.partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # a bare word is a string: --model.layer=retnet
+    raw.setdefault(section, {})
+    if not isinstance(raw[section], dict):
+        raise ConfigError(f"[{section}] must be a table")
+    raw[section][name] = parsed
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section [{unknown[0]}]; sections are {', '.join(SECTIONS)}"
+        )
+    parts = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        parts[section] = _build(cls, values, section, source)
+    return RunConfig(**parts)
+
+
+def _build(cls: type, values: dict[str, Any], section: str, source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: unknown key {section}.{key}; the keys of "
+                f"[{section}] are {', '.join(fields)}"
+            )
+        _check_type(value, hints[key], f"{section}.{key}", source)
+    try:
+        return cls(**{k: (float(v) if hints[k] is float else v) for k, v in values.items()})
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> None:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        ok = any(_matches(value, h) for h in typing.get_args(hint))
+    else:
+        ok = _matches(value, hint)
+    if not ok:
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"{source}: {key} must be {name}, got {type(value).__name__} {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint) or hint
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(item is Any or _matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    return isinstance(value, origin)

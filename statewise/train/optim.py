@@ -1,0 +1,36 @@
+"""AdamW with decoupled weight decay on matrices only, and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from statewise.train.config import TrainConfig
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """Weight decay on weights of rank >= 2; none on biases, norms, decays and gates."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay from lr to min_lr_ratio * lr.
+
+    lr(s) = lr * (s + 1) / warmup                                  for s < warmup
+    lr(s) = lr * (r + (1 - r) * (1 + cos(pi * p)) / 2),  p = (s - warmup) / (steps - warmup)
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    r = config.min_lr_ratio
+    return config.lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress)))

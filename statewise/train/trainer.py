@@ -1,0 +1,147 @@
+"""The training loop: AdamW, warm-up + cosine, gradient clipping, checkpoints, exact resume.
+
+Resuming is exact: the batch of step s depends only on (seed, s) (see tasks.base), and the
+checkpoint carries the weights, the optimizer moments and the RNG state, so a run stopped
+at any point and resumed with ``resume=True`` ends with the same weights and losses as a
+run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from statewise.models import build_model
+from statewise.tasks.config import build_task
+from statewise.train import checkpoint
+from statewise.train.config import RunConfig
+from statewise.train.evaluate import evaluate, token_loss
+from statewise.train.optim import lr_at, make_optimizer
+
+
+def check_out_dir(out: Path, resume: bool) -> bool:
+    """Whether training continues from a checkpoint in ``out``; refuses to overwrite anything."""
+    out = checkpoint.recover(out)
+    if checkpoint.is_checkpoint(out):
+        if not resume:
+            raise FileExistsError(
+                f"{out} already holds a checkpoint; continue it with --resume auto "
+                "or choose another --out"
+            )
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"{out} exists and is not a statewise checkpoint; choose another --out"
+        )
+    return False
+
+
+def train(
+    config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train the model of ``config`` and write its checkpoint to ``out``; returns the last
+    metrics record. With ``resume``, continue the checkpoint already in ``out``."""
+    out = Path(out)
+    continuing = check_out_dir(out, resume)
+    if config.model.head != "lm":
+        raise ValueError('statewise train fits language models (model.head = "lm")')
+    tc = config.train
+    task = build_task(config.data, tc.seed)
+    if config.model.vocab_size < task.vocab_size:
+        raise ValueError(
+            f"model.vocab_size {config.model.vocab_size} is smaller than the "
+            f"task's vocabulary {task.vocab_size}"
+        )
+    torch.manual_seed(tc.seed)
+    model = build_model(config.model)
+    optimizer = make_optimizer(model, tc)
+    start, tokens, metrics = 0, 0, []
+    if continuing:
+        stored = checkpoint.load_run_config(out)
+        if (stored.model, stored.data) != (config.model, config.data):
+            raise ValueError(
+                f"{out} holds a run with another [model] or [data] config; "
+                "resume it with the same config, or choose another --out"
+            )
+        checkpoint.load_weights(model, out)
+        state = checkpoint.load_train_state(out)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start, tokens = state["step"], state["tokens"]
+        metrics = checkpoint.load_metrics(out)
+
+    def save(done: int) -> None:
+        train_state = {
+            "step": done,
+            "tokens": tokens,
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        checkpoint.save(out, config, model, train_state, metrics)
+
+    model.train()
+    bar = tqdm(
+        total=tc.steps,
+        initial=start,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+        desc=f"{config.model.layer} {config.data.task}",
+    )
+    done, t0, tokens_at_t0 = start, time.perf_counter(), tokens
+    try:
+        for step in range(start, tc.steps):
+            lr = lr_at(step, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs, targets = task.train_batch(step, tc.batch_size)
+            loss = token_loss(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            done, tokens = step + 1, tokens + inputs.numel()
+            speed = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed:,.0f}", refresh=False)
+            last = done == tc.steps
+            record: dict[str, Any] = {}
+            if done % tc.log_every == 0 or last:
+                record = {
+                    "step": done,
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "tokens": tokens,
+                    "tokens_per_s": round(speed, 1),
+                }
+            if done % tc.eval_every == 0 or last:
+                record = {
+                    "step": done,
+                    "loss": loss.item(),
+                    **record,
+                    **evaluate(model, task, tc.batch_size, tc.eval_batches),
+                }
+                bar.write(_describe(record))
+            if record:
+                metrics.append(record)
+            if done % tc.checkpoint_every == 0 or last:
+                save(done)
+    except KeyboardInterrupt:
+        if done > start:
+            save(done)
+        raise
+    finally:
+        bar.close()
+    return metrics[-1] if metrics else {"step": done}
+
+
+def _describe(record: dict[str, Any]) -> str:
+    text = f"step {record['step']}: loss {record['loss']:.4f}, val_loss {record['val_loss']:.4f}"
+    if "val_bits_per_char" in record:
+        text += f" ({record['val_bits_per_char']:.3f} bits/char)"
+    return text + f", val_accuracy {record['val_accuracy']:.3f}"
