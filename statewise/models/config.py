@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from statewise.layers import info
 
-        info(self.layer)  # ValueError naming the choices if unknown
+        layer_class = info(self.layer).cls  # ValueError naming the choices if unknown
+        accepted = inspect.signature(layer_class.__init__).parameters
+        for key in self.layer_kwargs:
+            if key not in accepted or key in ("self", "d_model"):
+                options = ", ".join(p for p in accepted if p not in ("self", "d_model"))
+                raise ValueError(
+                    f"model.layer_kwargs.{key}: layer {self.layer!r} has no argument {key!r}; "
+                    f"its arguments are {options}"
+                )
         for name in ("d_model", "n_layers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")

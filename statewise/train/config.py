@@ -121,25 +121,29 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(
             f"{source}: unknown section [{unknown[0]}]; sections are {', '.join(SECTIONS)}"
         )
-    parts = {}
-    for section, cls in SECTIONS.items():
-        values = raw.get(section, {})
+    sections = {name: raw.get(name, {}) for name in SECTIONS}
+    for section, values in sections.items():  # every key and type first, then the values
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
-        parts[section] = _build(cls, values, section, source)
-    return RunConfig(**parts)
+        _check_keys(SECTIONS[section], values, section, source)
+    return RunConfig(
+        **{name: _build(SECTIONS[name], values, source) for name, values in sections.items()}
+    )
 
 
-def _build(cls: type, values: dict[str, Any], section: str, source: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+def _check_keys(cls: type, values: dict[str, Any], section: str, source: str) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        if key not in fields:
+        if key not in hints:
             raise ConfigError(
                 f"{source}: unknown key {section}.{key}; the keys of "
-                f"[{section}] are {', '.join(fields)}"
+                f"[{section}] are {', '.join(f.name for f in dataclasses.fields(cls))}"
             )
         _check_type(value, hints[key], f"{section}.{key}", source)
+
+
+def _build(cls: type, values: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
     try:
         return cls(**{k: (float(v) if hints[k] is float else v) for k, v in values.items()})
     except ConfigError:
