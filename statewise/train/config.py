@@ -100,19 +100,22 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``raw[section][key]`` from ``"section.key=value"`` (value parsed as TOML)."""
+    """Set ``raw[section][key]`` from ``"section.key=value"`` (value parsed as TOML); a
+    longer dotted key reaches into a table: ``model.layer_kwargs.n_heads=2``."""
     key, sep, value = item.partition("=")
-    section, dot, name = key.partition(".")
-    if not sep or not dot or not name:
+    path = key.split(".")
+    if not sep or len(path) < 2 or not all(path):
         raise ConfigError(f"override {item!r} must look like section.key=value")
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value  # a bare word is a string: --model.layer=retnet
-    raw.setdefault(section, {})
-    if not isinstance(raw[section], dict):
-        raise ConfigError(f"[{section}] must be a table")
-    raw[section][name] = parsed
+    table = raw
+    for depth, name in enumerate(path[:-1]):
+        table = table.setdefault(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(path[: depth + 1])} is not a table")
+    table[path[-1]] = parsed
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:

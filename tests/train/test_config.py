@@ -30,11 +30,13 @@ def test_overrides_parse_as_toml_values(tmp_path):
             "train.betas=[0.8, 0.9]",
             "data.path=/some/file.txt",
             "model.tie_embeddings=false",
+            "model.layer_kwargs.hidden_size=8",
         ],
     )
     assert config.train.lr == 1e-4 and config.model.layer == "lstm"
     assert config.train.betas == [0.8, 0.9] and config.data.path == "/some/file.txt"
     assert config.model.tie_embeddings is False
+    assert config.model.layer_kwargs == {"hidden_size": 8}
 
 
 @pytest.mark.parametrize(
