@@ -196,6 +196,12 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
     if args.max_new_tokens < 0:
         raise UsageError("statewise generate: --max-new-tokens must be >= 0")
     model = checkpoint.load(args.checkpoint)
+    task = checkpoint.load_run_config(args.checkpoint).data.task
+    if task != "char_lm":
+        raise UsageError(
+            f"statewise generate: {args.checkpoint} was trained on data.task "
+            f"{task!r}, not on text; generate needs a char_lm checkpoint"
+        )
     if args.stream:
         print(args.prompt, end="", flush=True)
         generate_text(
