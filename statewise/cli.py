@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"statewise {args.command}: unrecognized arguments: {' '.join(extra)}")
         return COMMANDS[args.command](args, extra)
     except KeyboardInterrupt:
-        print("statewise: interrupted", file=sys.stderr)
+        print(
+            "statewise: interrupted (a training run continues with --resume auto)", file=sys.stderr
+        )
         return 130
     except (ValueError, TypeError, OSError) as err:
         if os.environ.get("STATEWISE_DEBUG"):
@@ -202,30 +204,22 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
             f"statewise generate: {args.checkpoint} was trained on data.task "
             f"{task!r}, not on text; generate needs a char_lm checkpoint"
         )
+    def show(text: str) -> None:
+        print(text, end="", flush=True)
+
     if args.stream:
-        print(args.prompt, end="", flush=True)
-        generate_text(
-            model,
-            args.prompt,
-            args.max_new_tokens,
-            args.temperature,
-            args.top_k,
-            args.top_p,
-            args.seed,
-            on_text=lambda s: print(s, end="", flush=True),
-        )
-        print()
-    else:
-        text = generate_text(
-            model,
-            args.prompt,
-            args.max_new_tokens,
-            args.temperature,
-            args.top_k,
-            args.top_p,
-            args.seed,
-        )
-        print(args.prompt + text)
+        show(args.prompt)
+    text = generate_text(
+        model,
+        args.prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        on_text=show if args.stream else None,
+    )
+    print() if args.stream else print(args.prompt + text)
     return 0
 
 

@@ -1,12 +1,18 @@
 """The residual pre-norm block and the stack of blocks every head is built on.
 
-x = x + dropout(mixer(norm_1(x)))
-x = x + dropout(mlp(norm_2(x)))        # mlp(u) = W_2 gelu(W_1 u)
+    x = x + dropout(mixer(norm_1(x)))
+    x = x + dropout(mlp(norm_2(x)))
+
+mlp(u) is W_2 gelu(W_1 u) ("gelu"), W_2 (gelu_tanh(W_g u) * W_1 u) ("geglu", as in Gemma)
+or W_2 (silu(W_g u) * W_1 u) ("swiglu"); every linear map has a bias.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from statewise import layers
@@ -14,22 +20,63 @@ from statewise.models.config import ModelConfig
 from statewise.ops.tree import State
 
 
-def make_norm(kind: str, d_model: int) -> nn.Module:
-    return nn.RMSNorm(d_model) if kind == "rmsnorm" else nn.LayerNorm(d_model)
+class RMSNormPlusOne(nn.Module):
+    """x / rms(x) * (1 + w), with w initialised to 0 (Gemma's RMSNorm)."""
+
+    def __init__(self, d_model: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, x.shape[-1:], eps=self.eps) * (1 + self.weight)
+
+
+def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:
+    if kind == "rmsnorm_plus_one":
+        return RMSNormPlusOne(d_model, eps)
+    return nn.RMSNorm(d_model, eps=eps) if kind == "rmsnorm" else nn.LayerNorm(d_model, eps=eps)
+
+
+class MLP(nn.Module):
+    def __init__(self, kind: str, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.up = nn.Linear(d_model, hidden)
+        self.gate = nn.Linear(d_model, hidden) if kind != "gelu" else None
+        self.down = nn.Linear(hidden, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            return self.down(F.gelu(self.up(x)))
+        gate = self.gate(x)
+        act = F.gelu(gate, approximate="tanh") if self.kind == "geglu" else F.silu(gate)
+        return self.down(act * self.up(x))
+
+
+def make_mixer(config: ModelConfig, index: int) -> layers.SequenceMixer:
+    """Block ``index``'s mixer; layers whose constructor takes ``layer_index`` and
+    ``n_layers`` (such as HGRN, whose forget-gate lower bound grows with depth) get them."""
+    name = config.layer_at(index)
+    kwargs = config.kwargs_for(name)
+    accepted = inspect.signature(layers.info(name).cls.__init__).parameters
+    if "layer_index" in accepted:
+        kwargs["layer_index"] = index
+    if "n_layers" in accepted:
+        kwargs["n_layers"] = config.n_layers
+    return layers.get(name, d_model=config.d_model, **kwargs)
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
-        self.norm_1 = make_norm(config.norm, config.d_model)
-        self.mixer = layers.get(config.layer, d_model=config.d_model, **config.layer_kwargs)
+        self.norm_1 = make_norm(config.norm, config.d_model, config.norm_eps)
+        self.mixer = make_mixer(config, index)
         self.dropout = nn.Dropout(config.dropout)
         hidden = int(round(config.mlp_ratio * config.d_model))
         if hidden > 0:
-            self.norm_2 = make_norm(config.norm, config.d_model)
-            self.mlp = nn.Sequential(
-                nn.Linear(config.d_model, hidden), nn.GELU(), nn.Linear(hidden, config.d_model)
-            )
+            self.norm_2 = make_norm(config.norm, config.d_model, config.norm_eps)
+            self.mlp = MLP(config.mlp, config.d_model, hidden)
         else:
             self.mlp = None
 
@@ -55,7 +102,7 @@ class Backbone(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
-        self.norm = make_norm(config.norm, config.d_model)
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
 
     def forward(
         self, x: torch.Tensor, state: list[State] | None = None, mask: torch.Tensor | None = None

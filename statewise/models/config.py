@@ -7,16 +7,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HEADS = ("lm", "classifier", "forecaster")
-NORMS = ("rmsnorm", "layernorm")
+NORMS = ("rmsnorm", "rmsnorm_plus_one", "layernorm")
+MLPS = ("gelu", "geglu", "swiglu")
 
 
 @dataclass
 class ModelConfig:
-    """A stack of residual blocks around one kind of sequence mixer, and a head.
+    """A stack of residual blocks around sequence mixers, and a head.
 
     layer: a registered layer name (``statewise models`` lists them).
-    layer_kwargs: extra constructor arguments of that layer (e.g. ``n_heads`` for retnet).
+    layers: a pattern of layer names cycled over the blocks (block i uses
+        ``layers[i % len(layers)]``), e.g. Griffin's ["rglru", "rglru", "attention"];
+        empty means every block uses ``layer``.
+    layer_kwargs: extra constructor arguments of the layers. A key that names a registered
+        layer holds a table of arguments for that layer only; other keys go to every layer.
     mlp_ratio: hidden width of each block's MLP over d_model; 0 means no MLP.
+    mlp: "gelu" (W_2 gelu(W_1 x)), "geglu" (W_2 (gelu_tanh(W_g x) * W_1 x)) or "swiglu".
+    norm: "rmsnorm", "rmsnorm_plus_one" (scale by 1 + w, as Gemma) or "layernorm".
+    embed_scale: the token embeddings are multiplied by this (Gemma uses sqrt(d_model)).
+    logit_softcap: when > 0, logits become c * tanh(logits / c).
     head: "lm" (LanguageModel), "classifier" (SequenceClassifier) or "forecaster".
     vocab_size: token vocabulary for "lm" (and for a "classifier" over tokens); 0 for
         a classifier or forecaster over real-valued inputs of width ``input_dim``.
@@ -26,42 +35,69 @@ class ModelConfig:
     d_model: int = 128
     n_layers: int = 2
     vocab_size: int = 256
+    layers: list[str] = field(default_factory=list)
     layer_kwargs: dict[str, Any] = field(default_factory=dict)
     mlp_ratio: float = 4.0
+    mlp: str = "gelu"
     norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
+    embed_scale: float = 1.0
+    logit_softcap: float = 0.0
     head: str = "lm"
     n_classes: int = 0
     input_dim: int = 1
     horizon: int = 1
 
     def __post_init__(self) -> None:
-        from statewise.layers import info
-
-        layer_class = info(self.layer).cls  # ValueError naming the choices if unknown
-        accepted = inspect.signature(layer_class.__init__).parameters
-        for key in self.layer_kwargs:
-            if key not in accepted or key in ("self", "d_model"):
-                options = ", ".join(p for p in accepted if p not in ("self", "d_model"))
-                raise ValueError(
-                    f"model.layer_kwargs.{key}: layer {self.layer!r} has no argument {key!r}; "
-                    f"its arguments are {options}"
-                )
+        for name in sorted(set(self.layers) | {self.layer}):
+            self._check_layer_kwargs(name)
         for name in ("d_model", "n_layers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.head not in HEADS:
-            raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        for name, value, options in (
+            ("head", self.head, HEADS),
+            ("norm", self.norm, NORMS),
+            ("mlp", self.mlp, MLPS),
+        ):
+            if value not in options:
+                raise ValueError(f"model.{name} must be one of {options}, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.mlp_ratio < 0:
-            raise ValueError(f"model.mlp_ratio must be >= 0, got {self.mlp_ratio}")
+        if self.mlp_ratio < 0 or self.logit_softcap < 0 or self.norm_eps <= 0:
+            raise ValueError("model.mlp_ratio and logit_softcap must be >= 0, norm_eps > 0")
         if self.head == "lm" and self.vocab_size <= 0:
             raise ValueError("model.vocab_size must be positive for a language model")
         if self.head == "classifier" and self.n_classes < 2:
             raise ValueError("model.n_classes must be >= 2 for a classifier")
         if self.head == "forecaster" and (self.horizon <= 0 or self.input_dim <= 0):
             raise ValueError("model.horizon and model.input_dim must be positive for a forecaster")
+
+    def layer_at(self, index: int) -> str:
+        """The layer name of block ``index``."""
+        return self.layers[index % len(self.layers)] if self.layers else self.layer
+
+    def kwargs_for(self, name: str) -> dict[str, Any]:
+        """The constructor arguments of layer ``name``: shared ones, then its own table."""
+        from statewise.layers import names
+
+        shared = {k: v for k, v in self.layer_kwargs.items() if k not in names()}
+        own = self.layer_kwargs.get(name, {})
+        return {**shared, **own}
+
+    def _check_layer_kwargs(self, name: str) -> None:
+        from statewise.layers import info, names
+
+        layer_class = info(name).cls  # ValueError naming the choices if unknown
+        accepted = inspect.signature(layer_class.__init__).parameters
+        options = [p for p in accepted if p not in ("self", "d_model", "layer_index", "n_layers")]
+        own = self.layer_kwargs.get(name, {})
+        if not isinstance(own, dict):
+            raise ValueError(f"model.layer_kwargs.{name} must be a table of arguments")
+        for key in {**{k: 1 for k in self.layer_kwargs if k not in names()}, **own}:
+            if key not in options:
+                raise ValueError(
+                    f"model.layer_kwargs.{key}: layer {name!r} has no argument {key!r}; "
+                    f"its arguments are {', '.join(options)}"
+                )

@@ -36,8 +36,8 @@ class LanguageModel(nn.Module):
         return_state: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[State]]:
         self._check_ids(ids, rank=2)
-        h, state = self.backbone(self.embed(ids), state, mask)
-        logits = self.unembed(h)
+        h, state = self.backbone(self._embed(ids), state, mask)
+        logits = self._logits(h)
         return (logits, state) if return_state else logits
 
     def step(
@@ -45,8 +45,8 @@ class LanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, list[State]]:
         """One token per sequence, ids_t (B,) -> logits (B, V) and the new state."""
         self._check_ids(ids_t, rank=1)
-        h, state = self.backbone.step(self.embed(ids_t), state)
-        return self.unembed(h), state
+        h, state = self.backbone.step(self._embed(ids_t), state)
+        return self._logits(h), state
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> list[State]:
         return self.backbone.init_state(batch_size, device, dtype)
@@ -92,6 +92,15 @@ class LanguageModel(nn.Module):
         finally:
             self.train(was_training)
         return torch.cat(out, dim=1)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        return x * self.config.embed_scale if self.config.embed_scale != 1.0 else x
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.unembed(h)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
     def _check_ids(self, ids: torch.Tensor, rank: int) -> None:
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):

@@ -137,3 +137,65 @@ def test_load_returns_the_saved_model(tmp_path):
     ids = torch.randint(0, 256, (2, 10))
     torch.testing.assert_close(loaded(ids), model.eval()(ids), rtol=0, atol=0)
     assert isinstance(loaded, LanguageModel) and not loaded.training
+
+
+def test_layer_pattern_and_per_layer_kwargs():
+    config = ModelConfig(
+        layer="gru",
+        layers=["gru", "retnet"],
+        n_layers=3,
+        d_model=8,
+        vocab_size=16,
+        layer_kwargs={"retnet": {"n_heads": 2}, "gru": {"hidden_size": 4}},
+    )
+    model = LanguageModel(config)
+    kinds = [type(b.mixer).__name__ for b in model.backbone.blocks]
+    assert kinds == ["GRUMixer", "Retention", "GRUMixer"]
+    assert model.backbone.blocks[1].mixer.n_heads == 2
+    assert model.backbone.blocks[0].mixer.hidden_size == 4
+    with pytest.raises(ValueError, match="layer 'gru' has no argument 'n_heads'"):
+        ModelConfig(layer="gru", layer_kwargs={"n_heads": 2})
+    with pytest.raises(ValueError, match="unknown layer"):
+        ModelConfig(layers=["gru", "nope"])
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "geglu", "swiglu"])
+def test_mlp_kinds(mlp):
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(layer="gru", d_model=8, n_layers=1, vocab_size=16, mlp=mlp))
+    block = model.backbone.blocks[0]
+    u = torch.randn(3, 8)
+    up, down = block.mlp.up, block.mlp.down
+    if mlp == "gelu":
+        expected = down(torch.nn.functional.gelu(up(u)))
+    else:
+        g = block.mlp.gate(u)
+        act = g * 0.5 * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (g + 0.044715 * g**3)))
+        act = act if mlp == "geglu" else g * torch.sigmoid(g)
+        expected = down(act * up(u))
+    torch.testing.assert_close(block.mlp(u), expected)
+
+
+def test_gemma_style_norm_embedding_scale_and_softcap():
+    torch.manual_seed(0)
+    config = ModelConfig(
+        layer="gru",
+        d_model=8,
+        n_layers=1,
+        vocab_size=16,
+        norm="rmsnorm_plus_one",
+        norm_eps=1e-6,
+        embed_scale=8**0.5,
+        logit_softcap=3.0,
+    )
+    model = LanguageModel(config)
+    norm = model.backbone.norm
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(2, 8)
+    expected = x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt() * (1 + norm.weight)
+    torch.testing.assert_close(norm(x), expected)
+    ids = torch.randint(0, 16, (2, 5))
+    logits = model(ids)
+    assert logits.abs().max() < 3.0
+    h, _ = model.backbone(model.embed(ids) * 8**0.5)
+    torch.testing.assert_close(logits, 3.0 * torch.tanh(model.unembed(h) / 3.0))
