@@ -19,21 +19,34 @@ class Reference:
     random draw of every floating leaf is not a valid state.
     """
 
+    layer: str
     run: Callable[..., tuple[Any, Any]]
     kwargs: dict[str, Any] = field(default_factory=dict)
     random_state: Callable[..., Any] | None = None
 
 
+# keyed by case: the layer name, or "name:variant" for a layer built with other options
 REFERENCES: dict[str, Reference] = {}
 
 
-def reference(name: str, random_state: Callable[..., Any] | None = None, **kwargs: Any):
-    """Decorator: register ``fn`` as the reference recurrence of layer ``name``."""
+def reference(
+    name: str,
+    variant: str | None = None,
+    random_state: Callable[..., Any] | None = None,
+    **kwargs: Any,
+):
+    """Decorator: register ``fn`` as the reference recurrence of layer ``name``.
+
+    ``variant`` names a further harness case of the same layer built with ``kwargs``
+    (e.g. ``variant="negative", negative_eigenvalues=True``); stack the decorator to
+    register several cases with one reference function.
+    """
+    case = name if variant is None else f"{name}:{variant}"
 
     def add(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
-        if name in REFERENCES:
-            raise ValueError(f"two references for {name!r}")
-        REFERENCES[name] = Reference(fn, kwargs, random_state)
+        if case in REFERENCES:
+            raise ValueError(f"two references for {case!r}")
+        REFERENCES[case] = Reference(name, fn, kwargs, random_state)
         return fn
 
     return add
