@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stream", action="store_true", help="print tokens as they are drawn")
+
+    p = sub.add_parser("convert", help="import weights from another library")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=("hf",),
+        required=True,
+        help="hf: a transformers save_pretrained folder (Mamba, Mamba2, RecurrentGemma)",
+    )
+    p.add_argument("src", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="CKPT")
     return parser
 
 
@@ -204,6 +215,7 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
             f"statewise generate: {args.checkpoint} was trained on data.task "
             f"{task!r}, not on text; generate needs a char_lm checkpoint"
         )
+
     def show(text: str) -> None:
         print(text, end="", flush=True)
 
@@ -223,4 +235,21 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+def cmd_convert(args: argparse.Namespace, extra: list[str]) -> int:
+    from statewise.convert import convert_hf
+
+    config = convert_hf(args.src, args.out)
+    print(
+        f"converted {args.src} into a {config.layer} model ({config.n_layers} layers, "
+        f"d_model {config.d_model}); checkpoint in {args.out}"
+    )
+    return 0
+
+
+COMMANDS = {
+    "models": cmd_models,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "generate": cmd_generate,
+    "convert": cmd_convert,
+}
