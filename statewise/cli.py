@@ -68,12 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from",
         dest="source",
-        choices=("hf",),
+        choices=("hf", "torch"),
         required=True,
-        help="hf: a transformers save_pretrained folder (Mamba, Mamba2, RecurrentGemma)",
+        help="hf: a transformers save_pretrained folder (Mamba, Mamba2, RecurrentGemma); "
+        "torch: a saved torch.nn.LSTM/GRU/RNN state dict",
     )
-    p.add_argument("src", metavar="DIR")
+    p.add_argument("src", metavar="SRC")
     p.add_argument("--out", required=True, metavar="CKPT")
+    p.add_argument(
+        "--nonlinearity",
+        choices=("tanh", "relu"),
+        default="tanh",
+        help="--from torch: the RNN's nonlinearity (a state dict does not say)",
+    )
+    p.add_argument(
+        "--batch-first",
+        action="store_true",
+        help="--from torch: the converted module takes (batch, time, features)",
+    )
     return parser
 
 
@@ -182,6 +194,11 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
     model = checkpoint.load(args.checkpoint)
     config = checkpoint.load_run_config(args.checkpoint)
+    if config.model.head != "lm":
+        raise UsageError(
+            f"statewise eval: {args.checkpoint} holds a {config.model.head!r} model; "
+            "eval measures language models"
+        )
     step = checkpoint.load_train_state(args.checkpoint)["step"]
     task = build_task(config.data, config.train.seed)
     result = {
@@ -237,8 +254,12 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_convert(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.convert import convert_hf
+    from statewise.convert.torch_rnn import convert_torch
 
-    config = convert_hf(args.src, args.out)
+    if args.source == "hf":
+        config = convert_hf(args.src, args.out)
+    else:
+        config = convert_torch(args.src, args.out, args.nonlinearity, args.batch_first)
     print(
         f"converted {args.src} into a {config.layer} model ({config.n_layers} layers, "
         f"d_model {config.d_model}); checkpoint in {args.out}"

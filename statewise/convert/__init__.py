@@ -64,10 +64,21 @@ def read_hf_dir(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     return config, tensors
 
 
-def convert_hf(src: str | Path, out: str | Path) -> ModelConfig:
-    """Convert a transformers checkpoint folder into a statewise checkpoint at ``out``."""
+def save_converted(
+    out: str | Path, config: ModelConfig, model: torch.nn.Module, source: str
+) -> None:
+    """Write ``model`` as a statewise checkpoint at ``out``, which must not exist yet."""
     out = Path(out)
     if checkpoint.recover(out).exists():
+        raise ConversionError(f"{out} already exists; choose another --out")
+    run = RunConfig()
+    run.model = config
+    checkpoint.save(out, run, model, {"step": 0, "source": source}, [])
+
+
+def convert_hf(src: str | Path, out: str | Path) -> ModelConfig:
+    """Convert a transformers checkpoint folder into a statewise checkpoint at ``out``."""
+    if checkpoint.recover(Path(out)).exists():
         raise ConversionError(f"{out} already exists; choose another --out")
     config_json, tensors = read_hf_dir(src)
     model_type = config_json.get("model_type")
@@ -84,9 +95,7 @@ def convert_hf(src: str | Path, out: str | Path) -> ModelConfig:
             f"converting {model_type}: the weights do not fit the model "
             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
         )
-    run = RunConfig()
-    run.model = model_config
-    checkpoint.save(out, run, model, {"step": 0, "source": f"hf:{model_type}"}, [])
+    save_converted(out, model_config, model, source=f"hf:{model_type}")
     return model_config
 
 

@@ -519,3 +519,7 @@ class RNNMixer(_CellMixer):
     """The tanh Elman RNN as a mixer; state h (B, hidden_size). See docs/models/rnn.md."""
 
     cell = "rnn_tanh"
+
+
+# the torch.nn-style classes by the registered name of their mixer
+TORCH_STYLE: dict[str, type[_RNNBase]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN}

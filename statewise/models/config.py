@@ -6,7 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-HEADS = ("lm", "classifier", "forecaster")
+HEADS = ("lm", "classifier", "forecaster", "rnn")
 NORMS = ("rmsnorm", "rmsnorm_plus_one", "layernorm")
 MLPS = ("gelu", "geglu", "swiglu")
 
@@ -26,7 +26,11 @@ class ModelConfig:
     norm: "rmsnorm", "rmsnorm_plus_one" (scale by 1 + w, as Gemma) or "layernorm".
     embed_scale: the token embeddings are multiplied by this (Gemma uses sqrt(d_model)).
     logit_softcap: when > 0, logits become c * tanh(logits / c).
-    head: "lm" (LanguageModel), "classifier" (SequenceClassifier) or "forecaster".
+    head: "lm" (LanguageModel), "classifier" (SequenceClassifier), "forecaster", or "rnn":
+        a stacked torch.nn-style LSTM/GRU/RNN (``statewise.layers.LSTM`` ...) with
+        input_dim inputs, d_model hidden units and n_layers layers, whose layer_kwargs are
+        the drop-in's arguments (bias, bidirectional, proj_size, nonlinearity, batch_first);
+        this is what ``statewise convert --from torch`` produces.
     vocab_size: token vocabulary for "lm" (and for a "classifier" over tokens); 0 for
         a classifier or forecaster over real-valued inputs of width ``input_dim``.
     """
@@ -51,8 +55,11 @@ class ModelConfig:
     horizon: int = 1
 
     def __post_init__(self) -> None:
-        for name in sorted(set(self.layers) | {self.layer}):
-            self._check_layer_kwargs(name)
+        if self.head == "rnn":
+            self._check_torch_style_rnn()
+        else:
+            for name in sorted(set(self.layers) | {self.layer}):
+                self._check_layer_kwargs(name)
         for name in ("d_model", "n_layers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
@@ -85,6 +92,19 @@ class ModelConfig:
         shared = {k: v for k, v in self.layer_kwargs.items() if k not in names()}
         own = self.layer_kwargs.get(name, {})
         return {**shared, **own}
+
+    def _check_torch_style_rnn(self) -> None:
+        from statewise.layers.classic import TORCH_STYLE
+
+        if self.layer not in TORCH_STYLE or self.layers:
+            raise ValueError(f"model.head 'rnn' takes layer = one of {tuple(TORCH_STYLE)}")
+        accepted = inspect.signature(TORCH_STYLE[self.layer].__init__).parameters
+        for key in self.layer_kwargs:
+            if key not in accepted or key in ("self", "input_size", "hidden_size", "num_layers"):
+                raise ValueError(
+                    f"model.layer_kwargs.{key}: not an argument of "
+                    f"statewise.layers.{TORCH_STYLE[self.layer].__name__}"
+                )
 
     def _check_layer_kwargs(self, name: str) -> None:
         from statewise.layers import info, names

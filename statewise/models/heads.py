@@ -167,13 +167,22 @@ def _last_real(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return h[torch.arange(h.shape[0], device=h.device), last]
 
 
-HEAD_CLASSES: dict[str, type[nn.Module]] = {
+def torch_style_rnn(config: ModelConfig) -> nn.Module:
+    """statewise.layers.LSTM/GRU/RNN (drop-ins for torch.nn's) as described by ``config``."""
+    from statewise.layers.classic import TORCH_STYLE
+
+    cls = TORCH_STYLE[config.layer]
+    return cls(config.input_dim, config.d_model, config.n_layers, **config.layer_kwargs)
+
+
+HEADS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "lm": LanguageModel,
     "classifier": SequenceClassifier,
     "forecaster": Forecaster,
+    "rnn": torch_style_rnn,
 }
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The head named by ``config.head`` over a stack of ``config.layer`` blocks."""
-    return HEAD_CLASSES[config.head](config)
+    """The model named by ``config.head`` over a stack of ``config.layer`` blocks."""
+    return HEADS[config.head](config)
