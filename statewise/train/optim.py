@@ -11,10 +11,15 @@ from statewise.train.config import TrainConfig
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """Weight decay on weights of rank >= 2; none on biases, norms, decays and gates."""
+    """Weight decay on weights of rank >= 2; none on biases, norms, decays and gates, nor on
+    parameters a layer tags ``p._optim = {"weight_decay": 0.0}`` (e.g. S4D's dynamics)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+
+    def decays(p: torch.nn.Parameter) -> bool:
+        return p.dim() >= 2 and getattr(p, "_optim", {}).get("weight_decay", 1.0) != 0.0
+
+    decay = [p for p in params if decays(p)]
+    no_decay = [p for p in params if not decays(p)]
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

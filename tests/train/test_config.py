@@ -63,3 +63,18 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lr_at(100, config) == pytest.approx(0.1)
+
+
+def test_weight_decay_skips_vectors_and_tagged_parameters():
+    import torch
+
+    from statewise.train.optim import make_optimizer
+
+    model = torch.nn.Module()
+    model.matrix = torch.nn.Parameter(torch.zeros(3, 3))
+    model.vector = torch.nn.Parameter(torch.zeros(3))
+    model.dynamics = torch.nn.Parameter(torch.zeros(3, 3))
+    model.dynamics._optim = {"weight_decay": 0.0}
+    groups = make_optimizer(model, RunConfig().train).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model.matrix)}
