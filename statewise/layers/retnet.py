@@ -18,6 +18,18 @@ g = log gamma_h, in mode "recurrent" (per token), "parallel" (the T x T form) or
 (the paper's chunkwise form). Masked steps use g = 0 and k = 0 (the state passes through)
 and do not advance ``pos``.
 
+Negative eigenvalues (``negative_eigenvalues=True``, after Grazzi et al. 2025): RetNet's
+transitions are fixed, gamma_h in (0.96, 1), and the map gamma -> 2 gamma - 1 of the
+paper would keep them positive (1 - 2^(-4-h)). Instead the odd heads (h = 1, 3, ...) use
+the transition -gamma_h, eigenvalue in (-1, -0.96): their memory alternates sign every
+real token, S_n = -gamma_h S_{n-1} + k_n^T v_n. Since (-gamma)^(n-m) = gamma^(n-m) (-1)^n
+(-1)^m, these heads run through the same positive-decay op with q_n and k_n multiplied by
+(-1)^n (n = the position ``pos``, i.e. a rotation by n * pi, exact in floating point) and
+the op's state being (-1)^n times the stored state. Being data-independent, this adds a
+position-parity feature; it does not give RetNet an input-controlled sign, so it does not
+make RetNet solve parity (that needs a data-dependent transition, e.g. GateLoop's or
+Mamba's ``negative_eigenvalues``). Needs n_heads >= 2.
+
 auto mode is "chunk": measured on this machine (2 cores, torch 2.13, fp32, forward +
 backward of the retention op, B8 H4 d64): T=256: recurrent 176 ms, parallel 28 ms, chunk
 (C=64) 18 ms; T=1024: 1.3 s, 473 ms, 68 ms; T=2048: 1.5 s, 9.1 s, 0.56 s. For T <= C the
@@ -60,6 +72,8 @@ class Retention(SequenceMixer):
         n_heads: number of heads H; must divide D, and D / H must be even (the rotation
             works on feature pairs).
         chunk_size: chunk length C of the chunkwise form.
+        negative_eigenvalues: odd heads use the transition -gamma_h (see the module
+            docstring); needs n_heads >= 2.
         mode: "auto" (= "chunk"), "recurrent", "parallel" or "chunk".
 
     State: {"kv": (B, H, D/H, D/H) float, "pos": (B,) int64 count of real tokens seen}.
@@ -71,7 +85,12 @@ class Retention(SequenceMixer):
     modes = ("recurrent", "parallel", "chunk")
 
     def __init__(
-        self, d_model: int, n_heads: int = 4, chunk_size: int = 64, mode: str = "auto"
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        chunk_size: int = 64,
+        negative_eigenvalues: bool = False,
+        mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads <= 0:
@@ -85,6 +104,14 @@ class Retention(SequenceMixer):
             )
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if not isinstance(negative_eigenvalues, bool):
+            raise TypeError(f"negative_eigenvalues must be a bool, got {negative_eigenvalues!r}")
+        if negative_eigenvalues and n_heads < 2:
+            raise ValueError(
+                "negative_eigenvalues=True negates the odd heads' decays, so it needs "
+                f"n_heads >= 2, got {n_heads}"
+            )
+        self.negative_eigenvalues = negative_eigenvalues
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.chunk_size = chunk_size
@@ -106,7 +133,7 @@ class Retention(SequenceMixer):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, chunk_size={self.chunk_size}, "
-            f"mode={self.mode!r}"
+            f"negative_eigenvalues={self.negative_eigenvalues}, mode={self.mode!r}"
         )
 
     def auto_mode(self, seq_len: int) -> str:
@@ -116,6 +143,14 @@ class Retention(SequenceMixer):
         """log gamma_h = log(1 - 2^(-5-h)), shape (H,)."""
         h = torch.arange(self.n_heads, dtype=torch.float64, device=device)
         return torch.log1p(-(2.0 ** (-5.0 - h))).to(dtype)
+
+    def alternating(self, position: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(-1)^position on the odd heads, 1 on the even ones: shape (*position.shape[:1], H,
+        *position.shape[1:]), for an integer ``position`` (B,) or (B, T)."""
+        parity = 1.0 - 2.0 * torch.remainder(position, 2).to(dtype)
+        odd = torch.arange(self.n_heads, device=position.device) % 2 == 1
+        odd = odd.view(1, -1, *(1,) * (position.dim() - 1))
+        return torch.where(odd, parity.unsqueeze(1), torch.ones_like(parity.unsqueeze(1)))
 
     def _forward(
         self, x: torch.Tensor, state: dict, mask: torch.Tensor | None, mode: str
@@ -145,6 +180,11 @@ class Retention(SequenceMixer):
         sin = angle.sin().to(x.dtype).unsqueeze(1)
         q = rotate(q, cos, sin)
         k = rotate(k, cos, sin) * width**-0.5
+        kv = state["kv"]
+        if self.negative_eigenvalues:  # odd heads: q, k and the state times (-1)^position
+            flip = self.alternating(pos0[:, None] + before, x.dtype)  # (B, H, T)
+            q, k = q * flip.unsqueeze(-1), k * flip.unsqueeze(-1)
+            kv = kv * self.alternating(pos0 - 1, x.dtype)[..., None, None]
 
         g = self.log_decay(x.device, x.dtype)[None, :, None].expand(batch, heads, seq_len)
         if mask is not None:
@@ -152,7 +192,9 @@ class Retention(SequenceMixer):
             g = torch.where(keep, g, torch.zeros_like(g))
             k = torch.where(keep[..., None], k, torch.zeros_like(k))
 
-        o, kv = linear_attention(q, k, v, g, state["kv"], mode=mode, chunk_size=self.chunk_size)
+        o, kv = linear_attention(q, k, v, g, kv, mode=mode, chunk_size=self.chunk_size)
+        if self.negative_eigenvalues:  # back from the op's (-1)^n-scaled state
+            kv = kv * self.alternating(pos0 + seen - 1, x.dtype)[..., None, None]
         # GroupNorm over each head's outputs, per token
         o = o.transpose(1, 2).reshape(batch * seq_len, self.d_model)
         o = F.group_norm(

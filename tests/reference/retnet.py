@@ -1,7 +1,8 @@
 """Float64 reference recurrence of gated multi-scale retention (RetNet), from the paper.
 
 Per token and head: rotate q and k by the position (pairs of features, angle n * theta_i),
-scale k by d^-0.5, S = gamma_h S + k^T v, o = q S; GroupNorm per head from the mean and
+scale k by d^-0.5, S = gamma_h S + k^T v (gamma_h -> -gamma_h on the odd heads with
+negative eigenvalues), o = q S; GroupNorm per head from the mean and
 variance formulas; y = W_O (swish(W_G x) * GroupNorm(o)).
 """
 
@@ -29,11 +30,14 @@ def _rotate_pairs(x: torch.Tensor, position: torch.Tensor, d: int) -> torch.Tens
 
 
 @reference("retnet", n_heads=2, chunk_size=4)
+@reference("retnet", variant="negative", n_heads=2, chunk_size=4, negative_eigenvalues=True)
 def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
     batch, seq_len, width = x.shape
     heads = layer.n_heads
     d = width // heads
     gammas = [1.0 - 2.0 ** (-5 - h) for h in range(heads)]
+    if getattr(layer, "negative_eigenvalues", False):  # odd heads: transition -gamma_h
+        gammas = [-g if h % 2 else g for h, g in enumerate(gammas)]
     w_q, w_k, w_v = layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight
     w_g, w_o = layer.g_proj.weight, layer.out_proj.weight
     gn_w, gn_b, eps = layer.group_norm.weight, layer.group_norm.bias, layer.group_norm.eps
