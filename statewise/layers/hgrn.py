@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from statewise.layers.mingru import DiagonalLinearMixer, check_flag, hidden_width
+from statewise.layers.checks import flag
+from statewise.layers.mingru import DiagonalLinearMixer, hidden_width
 from statewise.layers.registry import register
 
 
@@ -94,7 +95,7 @@ class HGRN(DiagonalLinearMixer):
         self.d_hidden = hidden_width(d_model, expand, d_hidden)
         self.lower_bound = lower_bound(layer_index, n_layers)
         self.layer_index, self.n_layers = layer_index, n_layers
-        self.negative_eigenvalues = check_flag("negative_eigenvalues", negative_eigenvalues)
+        self.negative_eigenvalues = flag("negative_eigenvalues", negative_eigenvalues)
         self.i_proj = nn.Linear(d_model, self.d_hidden, bias=False)
         self.f_proj = nn.Linear(d_model, self.d_hidden, bias=False)
         self.g_proj = nn.Linear(d_model, self.d_hidden, bias=False)

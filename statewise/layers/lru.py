@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from statewise.layers.mingru import DiagonalLinearMixer, check_flag
+from statewise.layers.checks import flag
+from statewise.layers.mingru import DiagonalLinearMixer
 from statewise.layers.registry import register
 
 
@@ -130,7 +131,7 @@ class LRU(DiagonalLinearMixer):
         _check_init(r_min, r_max, max_phase)
         self.d_hidden = d_hidden
         self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
-        self.negative_eigenvalues = check_flag("negative_eigenvalues", negative_eigenvalues)
+        self.negative_eigenvalues = flag("negative_eigenvalues", negative_eigenvalues)
         nu_log, theta_log, gamma_log = ring_init(
             d_hidden, r_min, r_max, max_phase, negative_eigenvalues
         )

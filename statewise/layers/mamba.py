@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
 from statewise.ops.selective_scan import causal_conv1d, selective_scan
 
@@ -59,13 +60,6 @@ CONV_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
 }
-
-
-def positive_int(name: str, value: object) -> int:
-    """``value`` if it is a positive int, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def conv_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

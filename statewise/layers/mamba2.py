@@ -47,11 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import positive_int
 from statewise.layers.mamba import (
     check_dt_range,
     conv_activation,
     inverse_softplus_dt,
-    positive_int,
     resolve_width,
 )
 from statewise.layers.registry import register

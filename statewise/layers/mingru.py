@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import flag
 from statewise.layers.registry import register
 from statewise.ops.scan import linear_recurrence
 from statewise.ops.tree import State
@@ -56,12 +57,6 @@ def hidden_width(d_model: int, expand: float, d_hidden: int | None) -> int:
     if isinstance(d_hidden, bool) or not isinstance(d_hidden, int) or d_hidden <= 0:
         raise ValueError(f"d_hidden must be a positive int, got {d_hidden!r}")
     return d_hidden
-
-
-def check_flag(name: str, value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
 
 
 def skip_masked(
@@ -141,7 +136,7 @@ class MinRNN(DiagonalLinearMixer):
     ) -> None:
         super().__init__(d_model, mode)
         self.d_hidden = hidden_width(d_model, expand, d_hidden)
-        self.negative_eigenvalues = check_flag("negative_eigenvalues", negative_eigenvalues)
+        self.negative_eigenvalues = flag("negative_eigenvalues", negative_eigenvalues)
         self.to_gate_hidden = nn.Linear(d_model, self.n_parts * self.d_hidden)
         self.out_proj = (
             nn.Linear(self.d_hidden, d_model, bias=False) if self.d_hidden != d_model else None

@@ -44,29 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import flag, positive_int, positive_number
 from statewise.layers.registry import register
 from statewise.ops.mlstm import mlstm, mlstm_step, zero_state
-
-
-def positive_int(name: str, value: int) -> int:
-    """``value`` if it is a positive int, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def flag(name: str, value: bool) -> bool:
-    """``value`` if it is a bool, else TypeError naming ``name``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
-def positive_number(name: str, value: float) -> float:
-    """``value`` as a float if it is a positive number, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _head_width(name: str, d_model: int, factor: float, n_heads: int) -> int:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
-from statewise.layers.mlstm import positive_int, positive_number
+from statewise.layers.checks import positive_int, positive_number
 from statewise.layers.registry import register
 
 _STATE_KEYS = ("h", "c", "n", "m")
