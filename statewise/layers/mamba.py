@@ -44,7 +44,8 @@ from torch import nn
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
-from statewise.ops.selective_scan import causal_conv1d, selective_scan
+from statewise.ops.conv import causal_conv1d
+from statewise.ops.selective_scan import selective_scan
 
 # layer mode -> form of ops.scan.linear_recurrence
 _FORMS = {"recurrent": "loop", "scan": "scan"}

@@ -55,8 +55,8 @@ from statewise.layers.mamba import (
     resolve_width,
 )
 from statewise.layers.registry import register
+from statewise.ops.conv import causal_conv1d
 from statewise.ops.linear_attention import linear_attention
-from statewise.ops.selective_scan import causal_conv1d
 
 
 class GatedRMSNorm(nn.Module):

@@ -50,7 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
+from statewise.ops.conv import causal_conv1d
 from statewise.ops.scan import linear_recurrence
 
 # layer mode -> the form of ops.scan.linear_recurrence
@@ -71,12 +73,6 @@ class _BoundedSqrt(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return grad / torch.sqrt(torch.clamp(4.0 * x, min=MAX_SQRT_GRADIENT**-2))
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class RGLRU(nn.Module):
@@ -155,9 +151,9 @@ class RGLRUBlock(SequenceMixer):
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
-        width = d_model if lru_width is None else _check_positive_int("lru_width", lru_width)
-        _check_positive_int("n_heads", n_heads)
-        _check_positive_int("conv_width", conv_width)
+        width = d_model if lru_width is None else positive_int("lru_width", lru_width)
+        positive_int("n_heads", n_heads)
+        positive_int("conv_width", conv_width)
         if width % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide lru_width={width}")
         if not isinstance(negative_eigenvalues, bool):
@@ -192,33 +188,6 @@ class RGLRUBlock(SequenceMixer):
         return "recurrent"
 
     # ------------------------------------------------------------ pieces
-    def _conv(
-        self, u: torch.Tensor, conv_state: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal depthwise conv of u (B, T, N) after the K-1 stored inputs; returns the
-        outputs (B, T, N) and the new conv state (the last K-1 real inputs)."""
-        seq_len, keep = u.shape[1], self.conv_width - 1
-        full = torch.cat([conv_state, u], dim=1)  # (B, K-1+T, N)
-        if mask is None:
-            return self._depthwise(full, seq_len), full[:, full.shape[1] - keep :]
-        # pack the real entries (the stored inputs count as real) to the end of each row,
-        # in order, so that every real token's window holds the previous K-1 real inputs
-        valid = torch.cat([mask.new_ones(mask.shape[0], keep), mask], dim=1)
-        order = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices
-        packed = full.gather(1, order[..., None].expand_as(full))
-        out_packed = self._depthwise(packed, seq_len)  # output j is packed position keep + j
-        where = torch.argsort(order, dim=1)[:, keep:] - keep  # packed position of each token
-        out = out_packed.gather(1, where.clamp(min=0)[..., None].expand_as(u))
-        return out, packed[:, packed.shape[1] - keep :]
-
-    def _depthwise(self, full: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """out_t = b + sum_j w_j full_{t+j}: the last seq_len outputs of the conv over full."""
-        weight = self.conv_1d.weight[:, 0, :]  # (N, K)
-        out = self.conv_1d.bias.expand(full.shape[0], seq_len, -1)
-        for j in range(self.conv_width):
-            out = torch.addcmul(out, full[:, j : j + seq_len], weight[:, j])
-        return out
-
     def _coefficients(
         self, c: torch.Tensor, starts: tuple[torch.Tensor, ...] | None, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +238,9 @@ class RGLRUBlock(SequenceMixer):
         if seq_len == 0:
             return x.new_zeros(x.shape), state
         gate = F.gelu(self.linear_y(x), approximate="tanh")
-        c, conv_state = self._conv(self.linear_x(x), state["conv"], mask)
+        c, conv_state = causal_conv1d(
+            self.linear_x(x), self.conv_1d.weight[:, 0], self.conv_1d.bias, state["conv"], mask
+        )
         pos0 = state["pos"]
         starts, h0 = self._starts(pos0, state["h"], mask)
         a, b = self._coefficients(c, starts, mask)
@@ -280,13 +251,18 @@ class RGLRUBlock(SequenceMixer):
 
     def _step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         gate = F.gelu(self.linear_y(x_t), approximate="tanh")
-        full = torch.cat([state["conv"], self.linear_x(x_t).unsqueeze(1)], dim=1)  # (B, K, N)
-        c = self._depthwise(full, 1).squeeze(1)
+        c, conv_state = causal_conv1d(
+            self.linear_x(x_t).unsqueeze(1),
+            self.conv_1d.weight[:, 0],
+            self.conv_1d.bias,
+            state["conv"],
+        )
+        c = c.squeeze(1)
         starts, h = self._starts(state["pos"], state["h"], None)
         a, b = self._coefficients(c, starts if starts is None else starts[:1], None)
         h = torch.addcmul(b, a, h)
         y = self.linear_out(h * gate)
-        return y, {"conv": full[:, 1:], "h": h, "pos": state["pos"] + 1}
+        return y, {"conv": conv_state, "h": h, "pos": state["pos"] + 1}
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
         width = self.lru_width
