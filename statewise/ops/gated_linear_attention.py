@@ -76,7 +76,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from statewise.ops.linear_attention import segsum
+from statewise.ops.linear_attention import check_qkv, matrix_state, segsum
 
 MODES = ("recurrent", "parallel", "chunk")
 
@@ -93,30 +93,15 @@ def _check(
     bonus: torch.Tensor | None,
     sign: torch.Tensor | None,
 ) -> torch.Tensor:
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(
-            f"q and k must both be (B, H, T, d_k), got {tuple(q.shape)} and {tuple(k.shape)}"
-        )
-    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"v must be (B, H, T, d_v) matching q {tuple(q.shape)}, got {tuple(v.shape)}"
-        )
+    check_qkv(q, k, v)
     if g.shape != q.shape:
         raise ValueError(f"g must be (B, H, T, d_k) = {tuple(q.shape)}, got {tuple(g.shape)}")
     if sign is not None and sign.shape != q.shape:
         raise ValueError(f"sign must be (B, H, T, d_k) = {tuple(q.shape)}, got {sign.shape}")
-    batch, heads, _, d_k = q.shape
+    heads, d_k = q.shape[1], q.shape[3]
     if bonus is not None and bonus.shape != (heads, d_k):
         raise ValueError(f"bonus must be (H, d_k) = {(heads, d_k)}, got {tuple(bonus.shape)}")
-    state_shape = (batch, heads, d_k, v.shape[-1])
-    if initial_state is None:
-        return q.new_zeros(state_shape, dtype=torch.promote_types(q.dtype, v.dtype))
-    if initial_state.shape != state_shape:
-        raise ValueError(
-            f"initial_state must be (B, H, d_k, d_v) = {state_shape}, "
-            f"got {tuple(initial_state.shape)}"
-        )
-    return initial_state
+    return matrix_state(q, v, initial_state)
 
 
 def _shift_down(x: torch.Tensor, fill: float, dim: int = -2) -> torch.Tensor:

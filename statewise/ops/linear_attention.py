@@ -45,13 +45,8 @@ def segsum(g: torch.Tensor) -> torch.Tensor:
     return x.cumsum(dim=-2).masked_fill(~ones.tril(0), float("-inf"))
 
 
-def _check(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    initial_state: torch.Tensor | None,
-) -> torch.Tensor:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """ValueError unless q, k are (B, H, T, d_k) and v is (B, H, T, d_v)."""
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(
             f"q and k must both be (B, H, T, d_k), got {tuple(q.shape)} and {tuple(k.shape)}"
@@ -60,8 +55,12 @@ def _check(
         raise ValueError(
             f"v must be (B, H, T, d_v) matching q {tuple(q.shape)}, got {tuple(v.shape)}"
         )
-    if g.shape != q.shape[:3]:
-        raise ValueError(f"g must be (B, H, T) = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
+
+
+def matrix_state(
+    q: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None
+) -> torch.Tensor:
+    """``initial_state`` checked to be (B, H, d_k, d_v), or zeros of that shape if None."""
     batch, heads, _, d_k = q.shape
     state_shape = (batch, heads, d_k, v.shape[-1])
     if initial_state is None:
@@ -72,6 +71,19 @@ def _check(
             f"got {tuple(initial_state.shape)}"
         )
     return initial_state
+
+
+def _check(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    initial_state: torch.Tensor | None,
+) -> torch.Tensor:
+    check_qkv(q, k, v)
+    if g.shape != q.shape[:3]:
+        raise ValueError(f"g must be (B, H, T) = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
+    return matrix_state(q, v, initial_state)
 
 
 def linear_attention_recurrent(

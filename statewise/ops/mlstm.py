@@ -56,7 +56,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from statewise.ops.linear_attention import segsum
+from statewise.ops.linear_attention import check_qkv, segsum
 
 MODES = ("recurrent", "parallel", "chunk")
 
@@ -81,14 +81,7 @@ def _check(
     f_sign: torch.Tensor | None,
     state: MLSTMState | None,
 ) -> MLSTMState:
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(
-            f"q and k must both be (B, H, T, d_k), got {tuple(q.shape)} and {tuple(k.shape)}"
-        )
-    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"v must be (B, H, T, d_v) matching q {tuple(q.shape)}, got {tuple(v.shape)}"
-        )
+    check_qkv(q, k, v)
     for name, t in (("log_i", log_i), ("log_f", log_f), ("f_sign", f_sign)):
         if t is not None and t.shape != q.shape[:3]:
             raise ValueError(
