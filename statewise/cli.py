@@ -86,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--from torch: the converted module takes (batch, time, features)",
     )
+
+    p = sub.add_parser("bench", help="benchmarks (see docs/performance.md)")
+    bench = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    p = bench.add_parser(
+        "speed",
+        help="tokens/s, step latency and peak memory of layers, against this machine's "
+        "GEMM and bandwidth limits and (--peers) other implementations",
+    )
+    p.add_argument(
+        "--layers",
+        metavar="A,B,...",
+        help="registered layer names (default: lstm,mingru,rglru,mamba,retnet,mamba2,mlstm)",
+    )
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-lens", metavar="T1,T2,...", default="256,1024")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per number (median)")
+    p.add_argument("--peers", action="store_true", help="also time the peer implementations")
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
+    p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -267,7 +287,57 @@ def cmd_convert(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    from statewise.bench.machine import measure_machine
+    from statewise.bench.speed import DEFAULT_LAYERS, Shape, check_layers, format_table, run_speed
+
+    names = _csv(args.layers, "--layers", str) if args.layers else list(DEFAULT_LAYERS)
+    check_layers(names)
+    seq_lens = _csv(args.seq_lens, "--seq-lens", int)
+    for flag, value in (("--batch", args.batch), ("--d-model", args.d_model)):
+        if value <= 0:
+            raise UsageError(f"statewise bench speed: {flag} must be a positive int, got {value}")
+    if min(seq_lens) <= 0:
+        raise UsageError("statewise bench speed: --seq-lens must be positive ints")
+    if args.repeats <= 0:
+        raise UsageError(f"statewise bench speed: --repeats must be >= 1, got {args.repeats}")
+    out = Path(args.json) if args.json else None
+    if out is not None and not out.parent.is_dir():
+        raise UsageError(f"statewise bench speed: --json {out}: no directory {out.parent}")
+    print("measuring this machine's GEMM and memory bandwidth", file=sys.stderr, flush=True)
+    machine = measure_machine(quick=args.quick_machine)
+    shapes = [Shape(args.batch, t, args.d_model) for t in seq_lens]
+    result = run_speed(names, shapes, args.repeats, machine, with_peers=args.peers)
+    result["options"] = {
+        "layers": names,
+        "batch": args.batch,
+        "seq_lens": seq_lens,
+        "d_model": args.d_model,
+        "repeats": args.repeats,
+        "peers": args.peers,
+    }
+    print(format_table(result))
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _csv(text: str, flag: str, kind: type) -> list:
+    """``a,b,c`` into a non-empty list of ``kind``; one-line UsageError otherwise."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        values = [kind(item) for item in items]
+    except ValueError:
+        raise UsageError(
+            f"statewise bench speed: {flag} {text!r}: not a list of {kind.__name__}s"
+        ) from None
+    if not values:
+        raise UsageError(f"statewise bench speed: {flag} is empty")
+    return values
+
+
 COMMANDS = {
+    "bench": cmd_bench,
     "models": cmd_models,
     "train": cmd_train,
     "eval": cmd_eval,

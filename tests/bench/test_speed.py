@@ -1,0 +1,123 @@
+"""``statewise bench speed`` end to end on tiny shapes: the fields, finite positive numbers,
+ratios equal to ours/peer, one-line errors. No test asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from statewise.bench import peers
+from statewise.bench.speed import Shape, chunk_flops_per_token, scan_bytes_per_token
+from statewise.cli import main
+from statewise.layers import get
+
+TINY = ["--batch", "2", "--seq-lens", "8,12", "--d-model", "16", "--repeats", "1"]
+ROW_FIELDS = {"layer", "batch", "seq_len", "d_model", "mode", "forward_tps", "fwd_bwd_tps"}
+
+
+def positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "speed.json"
+    argv = ["bench", "speed", "--layers", "lstm,mingru,mamba,retnet", *TINY]
+    assert main([*argv, "--peers", "--quick-machine", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_json_has_machine_and_every_cell(result: dict) -> None:
+    assert result["options"]["seq_lens"] == [8, 12] and result["options"]["peers"] is True
+    machine = result["machine"]
+    assert positive(machine["gemm_gflops"]) and positive(machine["bandwidth_gbs"])
+    cells = {(r["layer"], r["seq_len"]) for r in result["results"]}
+    assert cells == {(n, t) for n in ("lstm", "mingru", "mamba", "retnet") for t in (8, 12)}
+    for row in result["results"]:
+        assert "error" not in row, row
+        assert ROW_FIELDS <= set(row)
+        for key in ("forward_tps", "fwd_bwd_tps", "step_us"):
+            assert positive(row[key]), (key, row)
+        if result["memory_measured"]:
+            assert row["peak_mb"] >= 0 and math.isfinite(row["peak_mb"])
+
+
+def test_limits_fractions(result: dict) -> None:
+    rows = {r["layer"]: r for r in result["results"] if r["seq_len"] == 12}
+    assert positive(rows["retnet"]["gemm_fraction"]) and positive(rows["retnet"]["flops_per_token"])
+    for name in ("mingru", "mamba"):
+        assert positive(rows[name]["bandwidth_fraction"])
+        assert "gemm_fraction" not in rows[name]
+    assert "gemm_fraction" not in rows["lstm"] and "bandwidth_fraction" not in rows["lstm"]
+    r = rows["retnet"]
+    expected = r["flops_per_token"] * r["forward_tps"] / (result["machine"]["gemm_gflops"] * 1e9)
+    assert r["gemm_fraction"] == pytest.approx(expected)
+
+
+def test_peer_ratios_are_ours_over_peer(result: dict) -> None:
+    seen = set()
+    for row in result["results"]:
+        names = [p["peer"] for p in row["peers"]]
+        assert names == [p.name for p in peers.peers_for(row["layer"])]
+        for p in row["peers"]:
+            if p["status"].startswith("missing"):
+                continue
+            assert p["status"] == "ok", p
+            seen.add(p["peer"])
+            for key in ("forward", "fwd_bwd"):
+                if p[f"{key}_tps"] is None:  # a peer timed forward only at this length
+                    assert key == "fwd_bwd" and p[f"{key}_ratio"] is None
+                    continue
+                assert positive(p[f"{key}_tps"])
+                assert p[f"{key}_ratio"] == pytest.approx(row[f"{key}_tps"] / p[f"{key}_tps"])
+    assert {"torch.nn.LSTM", "eager loop"} <= seen
+
+
+def test_missing_peer_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    ghost = peers.Peer("ghost", "no_such_module_statewise", lambda s: None)
+    out = peers.measure_peer(ghost, {"forward_tps": 1.0}, Shape(1, 4, 8), 1)
+    assert out["status"].startswith("missing")
+
+
+def test_table_on_stdout(capsys: pytest.CaptureFixture) -> None:
+    argv = ["bench", "speed", "--layers", "gru", "--quick-machine", *TINY]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "fwd tok/s" in captured.out and "gru" in captured.out
+    assert "[1/" in captured.err  # progress goes to stderr
+
+
+def test_work_counts() -> None:
+    retnet = get("retnet", 16, n_heads=2, chunk_size=4)
+    # dense: 2 x weights; mixing per head: 2C(K+V) + 4KV with C=4, K=V=8
+    dense = 2 * sum(p.numel() for p in retnet.parameters() if p.dim() >= 2)
+    assert chunk_flops_per_token("retnet", retnet, 100) == dense + 2 * (2 * 4 * 16 + 4 * 64)
+    assert scan_bytes_per_token("mingru", get("mingru", 16), 4) == 3 * 16 * 4
+    assert chunk_flops_per_token("lstm", get("lstm", 16), 100) is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--layers", "nope"],
+        ["--seq-lens", "a,b"],
+        ["--seq-lens", ","],
+        ["--seq-lens", "0"],
+        ["--batch", "0"],
+        ["--d-model", "-1"],
+        ["--repeats", "0"],
+        ["--json", "/no/such/dir/x.json"],
+        ["--bogus"],
+    ],
+)
+def test_bad_arguments_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "speed", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err, err
+
+
+def test_bench_needs_a_subcommand(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench"]) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
