@@ -5,19 +5,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from statewise.tasks.base import Task
+from statewise.tasks.copying import InductionHeads, SelectiveCopy
+from statewise.tasks.long_range import Adding, Passkey
 from statewise.tasks.mqar import MQAR
+from statewise.tasks.state_tracking import CycleNav, EvenPairs, ModArith, Parity
 from statewise.tasks.text import CharLM, builtin_corpus, read_text
 
-TASKS = ("char_lm", "mqar")
+STATE_TRACKING = ("parity", "mod_arith", "mod_arith_brackets", "cycle_nav", "even_pairs")
+TASKS = (
+    "char_lm",
+    "mqar",
+    "selective_copy",
+    "induction_heads",
+    *STATE_TRACKING,
+    "adding",
+    "passkey",
+)
 
 
 @dataclass
 class DataConfig:
-    """task: "char_lm" (bytes of a text file) or "mqar" (synthetic associative recall).
+    """task: "char_lm" (bytes of a text file), "mqar" (synthetic associative recall) or one
+    of the synthetic tasks below.
 
     path: char_lm's text file; empty means the built-in corpus (the standard library's source).
     vocab_size, n_pairs, alpha: mqar's vocabulary, key-value pairs per sequence, query-gap
-    power law.
+    power law; also the vocabulary of selective_copy and induction_heads.
+
+    Synthetic tasks (see their modules for the token layouts): "selective_copy",
+    "induction_heads" (tasks.copying; seq_len is the input width), "parity", "mod_arith",
+    "mod_arith_brackets", "cycle_nav", "even_pairs" (tasks.state_tracking; seq_len is unused,
+    the width is train_max_len + 1), "adding", "passkey" (tasks.long_range; seq_len is the
+    input width).
+    n_copy: selective_copy's number of tokens to copy.
+    train_max_len: state tracking trains on strings of 1 .. train_max_len symbols.
+    modulus: mod_arith's ring Z_modulus and cycle_nav's cycle length.
+    n_levels: adding's quantisation, numbers k / (n_levels - 1) for k in 0 .. n_levels-1.
+    n_digits: passkey's key length.
     """
 
     task: str = "char_lm"
@@ -27,6 +51,11 @@ class DataConfig:
     vocab_size: int = 128
     n_pairs: int = 4
     alpha: float = 0.1
+    n_copy: int = 16
+    train_max_len: int = 40
+    modulus: int = 5
+    n_levels: int = 10
+    n_digits: int = 5
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -35,10 +64,40 @@ class DataConfig:
             raise ValueError(f"data.seq_len must be positive, got {self.seq_len}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name, low in (
+            ("n_copy", 1),
+            ("train_max_len", 1),
+            ("modulus", 2),
+            ("n_levels", 2),
+            ("n_digits", 1),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
 
 
 def build_task(config: DataConfig, seed: int) -> Task:
     if config.task == "mqar":
         return MQAR(config.seq_len, config.vocab_size, config.n_pairs, config.alpha, seed)
+    if config.task == "selective_copy":
+        return SelectiveCopy(config.seq_len, config.vocab_size, config.n_copy, seed)
+    if config.task == "induction_heads":
+        return InductionHeads(config.seq_len, config.vocab_size, seed)
+    if config.task in STATE_TRACKING:
+        return _state_tracking(config, seed)
+    if config.task == "adding":
+        return Adding(config.seq_len, config.n_levels, seed)
+    if config.task == "passkey":
+        return Passkey(config.seq_len, config.n_digits, seed)
     text = read_text(config.path) if config.path else builtin_corpus()
     return CharLM(text, config.seq_len, config.val_fraction, seed)
+
+
+def _state_tracking(config: DataConfig, seed: int) -> Task:
+    if config.task == "parity":
+        return Parity(config.train_max_len, seed)
+    if config.task == "even_pairs":
+        return EvenPairs(config.train_max_len, seed)
+    if config.task == "cycle_nav":
+        return CycleNav(config.train_max_len, config.modulus, seed)
+    brackets = config.task == "mod_arith_brackets"
+    return ModArith(config.train_max_len, config.modulus, brackets, seed)
