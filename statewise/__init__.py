@@ -7,8 +7,9 @@ model = statewise.load("runs/char_lm")        # a checkpoint directory
 """
 
 from statewise import layers
+from statewise.forecast import Forecaster
 from statewise.models import (
-    Forecaster,
+    ForecastHead,
     LanguageModel,
     ModelConfig,
     SequenceClassifier,
@@ -19,6 +20,7 @@ from statewise.train.checkpoint import load
 __version__ = "0.1.0"
 
 __all__ = [
+    "ForecastHead",
     "Forecaster",
     "LanguageModel",
     "ModelConfig",

@@ -2,12 +2,12 @@
 
 from statewise.models.block import Backbone, Block
 from statewise.models.config import ModelConfig
-from statewise.models.heads import Forecaster, LanguageModel, SequenceClassifier, build_model
+from statewise.models.heads import ForecastHead, LanguageModel, SequenceClassifier, build_model
 
 __all__ = [
     "Backbone",
     "Block",
-    "Forecaster",
+    "ForecastHead",
     "LanguageModel",
     "ModelConfig",
     "SequenceClassifier",

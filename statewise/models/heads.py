@@ -1,4 +1,4 @@
-"""Heads over the block stack: LanguageModel, SequenceClassifier, Forecaster."""
+"""Heads over the block stack: LanguageModel, SequenceClassifier, ForecastHead."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ class SequenceClassifier(nn.Module):
         return self.classify(_last_real(h, mask))
 
 
-class Forecaster(nn.Module):
+class ForecastHead(nn.Module):
     """A window (B, T, input_dim) of a series -> the next values (B, horizon, input_dim)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -178,7 +178,7 @@ def torch_style_rnn(config: ModelConfig) -> nn.Module:
 HEADS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "lm": LanguageModel,
     "classifier": SequenceClassifier,
-    "forecaster": Forecaster,
+    "forecaster": ForecastHead,
     "rnn": torch_style_rnn,
 }
 

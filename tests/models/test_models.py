@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import statewise
-from statewise.models import Forecaster, LanguageModel, ModelConfig, SequenceClassifier
+from statewise.models import ForecastHead, LanguageModel, ModelConfig, SequenceClassifier
 from statewise.models.sampling import sample_next
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig
@@ -110,7 +110,7 @@ def test_classifier_reads_the_last_real_token():
 
 
 def test_forecaster_shapes_and_errors():
-    model = Forecaster(
+    model = ForecastHead(
         ModelConfig(layer="gru", d_model=8, n_layers=1, head="forecaster", input_dim=3, horizon=5)
     )
     assert model(torch.randn(4, 20, 3)).shape == (4, 5, 3)

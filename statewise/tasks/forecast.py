@@ -1,0 +1,193 @@
+"""Time-series forecasting data: CSV reading, splits, windows, metrics and two baselines.
+
+Split (``split_rows``): a file with >= 14400 rows uses the ETT convention of Informer
+(Zhou et al. 2021) and S4: 12 months of hourly rows for training, the next 4 for
+validation, the next 4 for testing (8640 / 2880 / 2880 rows; rows after 14400 are unused).
+A shorter file is split 70 / 10 / 20 % (train / val / test, rounded down, the test part
+takes the remainder).
+
+Normalisation: each column is standardised with the mean and standard deviation
+(population, ddof=0, as sklearn's StandardScaler) of the training rows only.
+
+Windows: ``windows(series, input_len, horizon)`` cuts every (context, target) pair with
+stride 1. For the validation and test parts the contexts may reach back into the rows
+before the part (as the Informer/S4 data loaders do), so every row of the part is a target
+of some window; ``Splits.part(name, input_len)`` returns those rows.
+
+Metrics: MSE and MAE averaged over windows, horizon steps and channels, on normalised data.
+
+Baselines, computed on the same windows:
+    seasonal naive  y_hat[T + h] = x[T + h - period * ceil(h / period)] (period 24 for
+                    hourly data): the value one period before, repeated over the horizon.
+    ridge on lags   y_hat = [x_window, 1] W, one linear map from the flattened context
+                    (input_len * C values) to the flattened horizon, fitted in closed form
+                    W = (X^T X + lam * n * I')^{-1} X^T Y in float64 with
+                    ``torch.linalg.solve``; n is the number of training windows and I' the
+                    identity with a 0 for the bias (not penalised), so lam is the penalty
+                    on ||w||^2 relative to the mean squared error (lam = 1e-3 by default).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ETT_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)  # 8640, 2880, 2880
+FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def read_csv(
+    path: str | Path, columns: list[str] | None = None, target: str | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """The numeric columns of a CSV with a header row, as a float64 tensor (rows, C).
+
+    columns: names to read; None means every column except the first (a date column)
+    when ``target`` is None, or ``[target]`` (univariate) when it is given. With both given,
+    the target is moved to the last position, as Informer does for multivariate runs.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if columns is None:
+            columns = [target] if target is not None else header[1:]
+        elif target is not None:
+            columns = [c for c in columns if c != target] + [target]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(f"columns {missing} are not in {path}; it has {header}")
+        rows = [[float(row[c]) for c in columns] for row in reader]
+    if not rows:
+        raise ValueError(f"{path} has no data rows")
+    return torch.tensor(rows, dtype=torch.float64), list(columns)
+
+
+def split_rows(n: int) -> tuple[int, int, int]:
+    """(train, val, test) row counts: ETT's 12/4/4 months if n >= 14400, else 70/10/20 %."""
+    if n >= sum(ETT_ROWS):
+        return ETT_ROWS
+    n_train, n_val = int(n * FRACTIONS[0]), int(n * FRACTIONS[1])
+    return n_train, n_val, n - n_train - n_val
+
+
+@dataclass
+class Splits:
+    """A normalised series with the borders of its train / val / test parts."""
+
+    data: torch.Tensor  # (rows, C), normalised with the training statistics
+    mean: torch.Tensor  # (C,)
+    std: torch.Tensor  # (C,)
+    borders: tuple[int, int, int, int]  # 0, end of train, end of val, end of test
+    columns: list[str]
+
+    def rows(self, name: str) -> int:
+        i = _part_index(name)
+        return self.borders[i + 1] - self.borders[i]
+
+    def part(self, name: str, input_len: int = 0) -> torch.Tensor:
+        """The rows of part ``name`` preceded by up to ``input_len`` rows of context."""
+        i = _part_index(name)
+        start = max(0, self.borders[i] - input_len)
+        return self.data[start : self.borders[i + 1]]
+
+
+def _part_index(name: str) -> int:
+    parts = ("train", "val", "test")
+    if name not in parts:
+        raise ValueError(f"part must be one of {parts}, got {name!r}")
+    return parts.index(name)
+
+
+def load_splits(
+    path: str | Path, target: str | None = "OT", columns: list[str] | None = None
+) -> Splits:
+    """Read, split and normalise a CSV (univariate ``target`` by default)."""
+    data, names = read_csv(path, columns, target)
+    n_train, n_val, n_test = split_rows(data.shape[0])
+    borders = (0, n_train, n_train + n_val, n_train + n_val + n_test)
+    mean, std = train_statistics(data[:n_train])
+    return Splits((data - mean) / std, mean, std, borders, names)
+
+
+def train_statistics(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and population std of ``train`` (rows, C); a constant column gets 1."""
+    mean = train.mean(dim=0)
+    std = train.std(dim=0, correction=0)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def windows(
+    series: torch.Tensor, input_len: int, horizon: int, stride: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (context, target) pairs of ``series`` (rows, C): x (W, input_len, C), y (W, horizon, C).
+
+    Window i is x = series[i*s : i*s + input_len], y = series[i*s + input_len : ... + horizon].
+    """
+    if series.dim() != 2:
+        raise ValueError(f"series must have shape (rows, channels), got {tuple(series.shape)}")
+    if input_len <= 0 or horizon <= 0 or stride <= 0:
+        raise ValueError("input_len, horizon and stride must be positive")
+    span = input_len + horizon
+    if series.shape[0] < span:
+        raise ValueError(
+            f"series has {series.shape[0]} rows, fewer than input_len + horizon = {span}"
+        )
+    cut = series.unfold(0, span, stride).transpose(1, 2)  # (W, span, C)
+    return cut[:, :input_len].contiguous(), cut[:, input_len:].contiguous()
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float(((pred - target) ** 2).mean())
+
+
+def mae(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float((pred - target).abs().mean())
+
+
+def seasonal_naive(x: torch.Tensor, horizon: int, period: int = 24) -> torch.Tensor:
+    """x (W, input_len, C) -> (W, horizon, C): each step repeats the value one period earlier."""
+    if x.shape[1] < period:
+        raise ValueError(f"seasonal naive needs input_len >= period = {period}")
+    idx = x.shape[1] - period + torch.arange(horizon) % period
+    return x[:, idx]
+
+
+def fit_ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
+    """Closed-form ridge from flattened contexts (+ bias) to flattened targets (float64)."""
+    features = _ridge_features(x)
+    n, k = features.shape
+    penalty = torch.eye(k, dtype=torch.float64) * lam * n
+    penalty[-1, -1] = 0.0  # the bias is not penalised
+    gram = features.T @ features + penalty
+    return torch.linalg.solve(gram, features.T @ y.reshape(n, -1).double())
+
+
+def ridge_predict(weights: torch.Tensor, x: torch.Tensor, horizon: int) -> torch.Tensor:
+    out = _ridge_features(x) @ weights
+    return out.view(x.shape[0], horizon, x.shape[2]).to(x.dtype)
+
+
+def _ridge_features(x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(x.shape[0], -1).double()
+    return torch.cat([flat, torch.ones(flat.shape[0], 1, dtype=torch.float64)], dim=1)
+
+
+def baselines(
+    splits: Splits,
+    input_len: int,
+    horizon: int,
+    part: str = "test",
+    period: int = 24,
+    lam: float = 1e-3,
+) -> dict[str, dict[str, float]]:
+    """Seasonal naive and ridge (fitted on the training windows) on the windows of ``part``."""
+    x_train, y_train = windows(splits.part("train"), input_len, horizon)
+    x, y = windows(splits.part(part, input_len), input_len, horizon)
+    ridge = ridge_predict(fit_ridge(x_train, y_train, lam), x, horizon)
+    naive = seasonal_naive(x, horizon, period)
+    return {
+        "seasonal_naive": {"mse": mse(naive, y), "mae": mae(naive, y)},
+        "ridge": {"mse": mse(ridge, y), "mae": mae(ridge, y)},
+    }
