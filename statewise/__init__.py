@@ -7,12 +7,13 @@ model = statewise.load("runs/char_lm")        # a checkpoint directory
 """
 
 from statewise import layers
+from statewise.classify import SequenceClassifier
 from statewise.forecast import Forecaster
 from statewise.models import (
+    ClassifierHead,
     ForecastHead,
     LanguageModel,
     ModelConfig,
-    SequenceClassifier,
     build_model,
 )
 from statewise.train.checkpoint import load
@@ -20,6 +21,7 @@ from statewise.train.checkpoint import load
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassifierHead",
     "ForecastHead",
     "Forecaster",
     "LanguageModel",

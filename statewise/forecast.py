@@ -17,30 +17,29 @@ which makes the model robust to the level shift between ETT's train and test yea
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors.torch
 import torch
-from tqdm.auto import tqdm
 
+from statewise.fit import (
+    NotFittedError,
+    atomic_save,
+    check_array,
+    check_finite,
+    check_limits,
+    total_steps,
+    train_loop,
+)
 from statewise.models.config import ModelConfig
 from statewise.models.heads import ForecastHead
 from statewise.tasks.forecast import mae, mse, train_statistics, windows
-from statewise.train.config import TrainConfig
-from statewise.train.optim import lr_at, make_optimizer
 
-
-class NotFittedError(ValueError):
-    """predict / evaluate / save called before fit."""
+__all__ = ["Forecaster", "NotFittedError"]
 
 
 class Forecaster:
@@ -98,9 +97,7 @@ class Forecaster:
         """Train on ``train`` (N,) or (N, C); stop at the first of epochs / max_steps / budget_s
         (epochs=10 if none is given). With ``val``, keep the weights of the best validation
         MSE, measured after every epoch and at the end."""
-        for name, value in (("epochs", epochs), ("max_steps", max_steps), ("budget_s", budget_s)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+        check_limits(epochs, max_steps, budget_s)
         series = _as_series(train, "train", self.input_len + self.horizon)
         self.mean, self.std = (t.float() for t in train_statistics(series.double()))
         x, y = windows(self._normalise(series), self.input_len, self.horizon)
@@ -114,63 +111,30 @@ class Forecaster:
         torch.manual_seed(self.options["seed"])
         self.model = self._build(series.shape[1])
         steps_per_epoch = math.ceil(x.shape[0] / self.options["batch_size"])
-        if epochs is None and max_steps is None and budget_s is None:
-            epochs = 10
-        limits = [max_steps, None if epochs is None else epochs * steps_per_epoch]
-        total = min((s for s in limits if s is not None), default=None)
-        self._train_loop(x, y, val_series, total, budget_s, steps_per_epoch, progress)
-        return self
-
-    def _train_loop(self, x, y, val_series, total, budget_s, steps_per_epoch, progress) -> None:
+        total = total_steps(steps_per_epoch, epochs, max_steps, budget_s)
         opts = self.options
-        # budget only: warm up over 20 steps, then plan the cosine from the measured speed
-        planned = total if total is not None else 10**9
-        config = TrainConfig(
-            steps=planned,
+
+        def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.mse_loss(self._forward(x[idx]), y[idx])
+
+        def validate() -> tuple[str, float]:
+            return "val_mse", self.evaluate(val_series)["mse"]
+
+        train_loop(
+            self.model,
+            loss_fn,
+            x.shape[0],
+            batch_size=opts["batch_size"],
             lr=opts["lr"],
             weight_decay=opts["weight_decay"],
-            warmup_steps=min(100, max(1, planned // 20)) if total is not None else 20,
+            seed=opts["seed"],
+            total=total,
+            budget_s=budget_s,
+            progress=progress,
+            history=self.history,
+            validate=None if val_series is None else validate,
         )
-        optimizer = make_optimizer(self.model, config)
-        generator = torch.Generator().manual_seed(opts["seed"])
-        best, best_state = math.inf, None
-        start, step = time.perf_counter(), 0
-        bar = tqdm(total=total, disable=not progress, desc="fit", unit="step")
-        self.model.train()
-        while True:
-            for idx in torch.randperm(x.shape[0], generator=generator).split(opts["batch_size"]):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, config)
-                loss = torch.nn.functional.mse_loss(self._forward(x[idx]), y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                optimizer.step()
-                step += 1
-                elapsed = time.perf_counter() - start
-                self.history.append({"step": step, "loss": loss.item(), "time_s": elapsed})
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if budget_s is not None and total is None and step == 20:
-                    planned = max(21, int(budget_s / (elapsed / step)))
-                    config = TrainConfig(**{**config.__dict__, "steps": planned})
-                done = (total is not None and step >= total) or (
-                    budget_s is not None and elapsed >= budget_s
-                )
-                if done or step % steps_per_epoch == 0:
-                    break
-            if val_series is not None:
-                score = self.evaluate(val_series)["mse"]
-                self.history[-1]["val_mse"] = score
-                self.model.train()
-                if score < best:
-                    best, best_state = score, copy.deepcopy(self.model.state_dict())
-            if done:
-                break
-        bar.close()
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        self.model.eval()
+        return self
 
     # ---- inference -----------------------------------------------------------------------
 
@@ -206,28 +170,19 @@ class Forecaster:
         """Write forecaster.json + model.safetensors into directory ``path`` atomically (a
         temporary sibling directory renamed into place)."""
         self._require_fit("save")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
         meta = {
             "options": self.options,
             "n_channels": int(self.mean.shape[0]),
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
         }
-        (tmp / "forecaster.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        safetensors.torch.save_model(self.model, str(tmp / "model.safetensors"))
-        for name in ("forecaster.json", "model.safetensors"):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        old = path.with_name(path.name + ".old")
-        if old.exists():  # left by an earlier save that was killed mid-swap
-            shutil.rmtree(old)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        if old.exists():
-            shutil.rmtree(old)
+
+        def write(tmp: Path) -> list[str]:
+            (tmp / "forecaster.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            safetensors.torch.save_model(self.model, str(tmp / "model.safetensors"))
+            return ["forecaster.json", "model.safetensors"]
+
+        atomic_save(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> Forecaster:
@@ -282,11 +237,11 @@ class Forecaster:
 
     def _as_batch(self, context: Any):
         """context -> (N, input_len, C) float32 and a function mapping (N, horizon, C) back."""
-        is_numpy = _check_array(context, "context")
+        is_numpy = check_array(context, "context")
         x = torch.as_tensor(np.asarray(context) if is_numpy else context).detach()
         x_dtype = x.dtype
         x = x.float().cpu()
-        _check_finite(x, "context")
+        check_finite(x, "context")
         L, C = self.input_len, int(self.mean.shape[0])
         shape = tuple(x.shape)
         if x.dim() == 1 and C == 1 and shape == (L,):
@@ -315,33 +270,15 @@ class Forecaster:
         return x, restore
 
 
-def _check_array(value: Any, name: str) -> bool:
-    """True for numpy, False for torch; TypeError otherwise."""
-    if isinstance(value, np.ndarray):
-        if not np.issubdtype(value.dtype, np.number):
-            raise TypeError(f"{name} must hold numbers, got dtype {value.dtype}")
-        return True
-    if isinstance(value, torch.Tensor):
-        if value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be a real-valued tensor, got dtype {value.dtype}")
-        return False
-    raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}")
-
-
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-
-
 def _as_series(value: Any, name: str, min_rows: int) -> torch.Tensor:
     """(N,) or (N, C) numpy/torch -> float32 tensor (N, C), checked."""
-    is_numpy = _check_array(value, name)
+    is_numpy = check_array(value, name)
     x = torch.as_tensor(np.asarray(value) if is_numpy else value).detach().float().cpu()
     if x.dim() == 1:
         x = x[:, None]
     if x.dim() != 2 or x.shape[1] == 0:
         raise ValueError(f"{name} must have shape (N,) or (N, C), got {tuple(x.shape)}")
-    _check_finite(x, name)
+    check_finite(x, name)
     if x.shape[0] < min_rows:
         raise ValueError(
             f"{name} has {x.shape[0]} rows, fewer than input_len + horizon = {min_rows}"

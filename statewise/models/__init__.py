@@ -2,7 +2,7 @@
 
 from statewise.models.block import Backbone, Block
 from statewise.models.config import ModelConfig
-from statewise.models.heads import ForecastHead, LanguageModel, SequenceClassifier, build_model
+from statewise.models.heads import ClassifierHead, ForecastHead, LanguageModel, build_model
 
 __all__ = [
     "Backbone",
@@ -10,6 +10,6 @@ __all__ = [
     "ForecastHead",
     "LanguageModel",
     "ModelConfig",
-    "SequenceClassifier",
+    "ClassifierHead",
     "build_model",
 ]

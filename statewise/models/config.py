@@ -26,7 +26,7 @@ class ModelConfig:
     norm: "rmsnorm", "rmsnorm_plus_one" (scale by 1 + w, as Gemma) or "layernorm".
     embed_scale: the token embeddings are multiplied by this (Gemma uses sqrt(d_model)).
     logit_softcap: when > 0, logits become c * tanh(logits / c).
-    head: "lm" (LanguageModel), "classifier" (SequenceClassifier), "forecaster", or "rnn":
+    head: "lm" (LanguageModel), "classifier" (ClassifierHead), "forecaster", or "rnn":
         a stacked torch.nn-style LSTM/GRU/RNN (``statewise.layers.LSTM`` ...) with
         input_dim inputs, d_model hidden units and n_layers layers, whose layer_kwargs are
         the drop-in's arguments (bias, bidirectional, proj_size, nonlinearity, batch_first);

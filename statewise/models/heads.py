@@ -1,4 +1,4 @@
-"""Heads over the block stack: LanguageModel, SequenceClassifier, ForecastHead."""
+"""Heads over the block stack: LanguageModel, ClassifierHead, ForecastHead."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class LanguageModel(nn.Module):
             raise ValueError(f"ids must lie in [0, {self.config.vocab_size})")
 
 
-class SequenceClassifier(nn.Module):
+class ClassifierHead(nn.Module):
     """A sequence (B, T) of token ids, or (B, T, input_dim) of values -> logits (B, n_classes).
 
     The class is read from the state after the last real token (the model is causal, so
@@ -177,7 +177,7 @@ def torch_style_rnn(config: ModelConfig) -> nn.Module:
 
 HEADS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "lm": LanguageModel,
-    "classifier": SequenceClassifier,
+    "classifier": ClassifierHead,
     "forecaster": ForecastHead,
     "rnn": torch_style_rnn,
 }

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import statewise
-from statewise.models import ForecastHead, LanguageModel, ModelConfig, SequenceClassifier
+from statewise.models import ClassifierHead, ForecastHead, LanguageModel, ModelConfig
 from statewise.models.sampling import sample_next
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig
@@ -96,7 +96,7 @@ def test_generate_rejects_empty_and_out_of_vocabulary_prompts():
 
 def test_classifier_reads_the_last_real_token():
     torch.manual_seed(0)
-    model = SequenceClassifier(
+    model = ClassifierHead(
         ModelConfig(
             layer="gru", d_model=8, n_layers=1, vocab_size=10, head="classifier", n_classes=3
         )
