@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
 
 
-def _sigmoid(a: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-a))
-
-
 def _tanh(a: torch.Tensor) -> torch.Tensor:
-    return 2.0 * _sigmoid(2.0 * a) - 1.0
+    return 2.0 * sigmoid(2.0 * a) - 1.0
 
 
 def _affine(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -39,10 +36,10 @@ def lstm(layer, x, state):
     for t in range(x.shape[1]):
         a = _affine(x[:, t], layer.weight_ih, layer.bias_ih)
         a = a + _affine(h, layer.weight_hh, layer.bias_hh)
-        i = _sigmoid(a[:, 0:H])
-        f = _sigmoid(a[:, H : 2 * H])
+        i = sigmoid(a[:, 0:H])
+        f = sigmoid(a[:, H : 2 * H])
         g = _tanh(a[:, 2 * H : 3 * H])
-        o = _sigmoid(a[:, 3 * H : 4 * H])
+        o = sigmoid(a[:, 3 * H : 4 * H])
         c = f * c + i * g
         h = o * _tanh(c)
         ys.append(_output(layer, h))
@@ -57,8 +54,8 @@ def gru(layer, x, state):
     for t in range(x.shape[1]):
         a = _affine(x[:, t], layer.weight_ih, layer.bias_ih)
         b = _affine(h, layer.weight_hh, layer.bias_hh)
-        r = _sigmoid(a[:, 0:H] + b[:, 0:H])
-        z = _sigmoid(a[:, H : 2 * H] + b[:, H : 2 * H])
+        r = sigmoid(a[:, 0:H] + b[:, 0:H])
+        z = sigmoid(a[:, H : 2 * H] + b[:, H : 2 * H])
         n = _tanh(a[:, 2 * H :] + r * b[:, 2 * H :])
         h = (1.0 - z) * n + z * h
         ys.append(_output(layer, h))

@@ -11,11 +11,8 @@ import math
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(z: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-z))
 
 
 @reference("gateloop", n_heads=2, chunk_size=4)
@@ -33,7 +30,7 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
     for t in range(seq_len):
         x_t = x[:, t]
         q_all, k_all, v_all = x_t @ w_q.T, x_t @ w_k.T, x_t @ w_v.T
-        a_all = _sigmoid(x_t @ w_a.T + b_a)
+        a_all = sigmoid(x_t @ w_a.T + b_a)
         if layer.negative_eigenvalues:
             a_all = 2.0 * a_all - 1.0
         outs = []
@@ -47,5 +44,5 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         var = ((o - mean) ** 2).mean(dim=1, keepdim=True)
         normed = (o - mean) / torch.sqrt(var + eps) * ln_w + ln_b
         u = x_t @ w_g.T
-        ys.append((u * _sigmoid(u) * normed) @ w_o.T)
+        ys.append((u * sigmoid(u) * normed) @ w_o.T)
     return torch.stack(ys, dim=1), {"kv": torch.stack(kv, dim=1)}

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
 
 
-def _sigmoid(u: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-u))
-
-
 def _silu(u: torch.Tensor) -> torch.Tensor:
-    return u * _sigmoid(u)
+    return u * sigmoid(u)
 
 
 def _rms_norm(u: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -38,7 +35,7 @@ def run(layer, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torc
     ys = []
     for t in range(x.shape[1]):
         x_t = x[:, t]
-        lam = gamma + (1.0 - gamma) * _sigmoid(x_t @ w_f.T)
+        lam = gamma + (1.0 - gamma) * sigmoid(x_t @ w_f.T)
         a = 2.0 * lam - 1.0 if layer.negative_eigenvalues else lam
         h = a * h + (1.0 - lam) * _silu(x_t @ w_i.T)
         o = _rms_norm(h, layer.g_norm.weight, layer.g_norm.eps) * _silu(x_t @ w_g.T)

@@ -8,28 +8,10 @@ with negative eigenvalues); y = sum_n C[n] h[e, n] + D c; out = W_out (y * silu(
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from tests.reference.formulas import activation, linear, sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(v: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-v))
-
-
-def _act(name: str, v: torch.Tensor) -> torch.Tensor:
-    if name in ("silu", "swish"):
-        return v * _sigmoid(v)
-    if name == "gelu":
-        return 0.5 * v * (1.0 + torch.erf(v / math.sqrt(2.0)))
-    raise NotImplementedError(f"the reference has no activation {name!r}")
-
-
-def _linear(layer: torch.nn.Linear, v: torch.Tensor) -> torch.Tensor:
-    out = v @ layer.weight.T
-    return out if layer.bias is None else out + layer.bias
 
 
 # dt_min/dt_max large enough that exp(dt A) spans (0, 1), so 2 exp(dt A) - 1 takes both signs
@@ -62,17 +44,17 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
     h = state["ssm"].clone()  # (B, E, N)
     ys = []
     for t in range(x.shape[1]):
-        xz = _linear(layer.in_proj, x[:, t])
+        xz = linear(layer.in_proj, x[:, t])
         u, z = xz[:, :e], xz[:, e:]
         window.append(u)
         conv = sum(w_conv[:, j] * window[j] for j in range(k))
         if b_conv is not None:
             conv = conv + b_conv
         window.pop(0)
-        c = _act(layer.activation, conv)
+        c = activation(layer.activation, conv)
         proj = c @ layer.x_proj.weight.T
         r_t, b_t, c_t = proj[:, :r], proj[:, r : r + n], proj[:, r + n :]
-        dt = torch.log1p(torch.exp(_linear(layer.dt_proj, r_t)))  # softplus, (B, E)
+        dt = torch.log1p(torch.exp(linear(layer.dt_proj, r_t)))  # softplus, (B, E)
         new_h = torch.empty_like(h)
         for i in range(n):
             abar = torch.exp(dt * A[:, i])
@@ -81,6 +63,6 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
             new_h[:, :, i] = abar * h[:, :, i] + dt * b_t[:, i : i + 1] * c
         h = new_h
         y = (h * c_t[:, None, :]).sum(dim=2) + layer.D * c
-        ys.append(_linear(layer.out_proj, y * z * _sigmoid(z)))
+        ys.append(linear(layer.out_proj, y * z * sigmoid(z)))
     conv_state = torch.stack(window, dim=1) if k > 1 else state["conv"].clone()
     return torch.stack(ys, dim=1), {"conv": conv_state, "ssm": h}

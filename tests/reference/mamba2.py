@@ -9,28 +9,10 @@ u = y * silu(z), u / sqrt(mean(u^2) + eps) * w; out = W_out u.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from tests.reference.formulas import activation, linear, sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(v: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-v))
-
-
-def _act(name: str, v: torch.Tensor) -> torch.Tensor:
-    if name in ("silu", "swish"):
-        return v * _sigmoid(v)
-    if name == "gelu":
-        return 0.5 * v * (1.0 + torch.erf(v / math.sqrt(2.0)))
-    raise NotImplementedError(f"the reference has no activation {name!r}")
-
-
-def _linear(layer: torch.nn.Linear, v: torch.Tensor) -> torch.Tensor:
-    out = v @ layer.weight.T
-    return out if layer.bias is None else out + layer.bias
 
 
 @reference("mamba2", d_state=4, n_heads=4, n_groups=2, chunk_size=4)
@@ -71,14 +53,14 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
     S = [state["ssm"][:, h].clone() for h in range(heads)]  # each (B, N, P)
     ys = []
     for t in range(x.shape[1]):
-        proj = _linear(layer.in_proj, x[:, t])
+        proj = linear(layer.in_proj, x[:, t])
         z, xbc, dt_raw = proj[:, :e], proj[:, e : e + layer.conv_dim], proj[:, e + layer.conv_dim :]
         window.append(xbc)
         conv = sum(w_conv[:, j] * window[j] for j in range(k))
         if b_conv is not None:
             conv = conv + b_conv
         window.pop(0)
-        act = _act(layer.activation, conv)
+        act = activation(layer.activation, conv)
         xs, b, c = act[:, :e], act[:, e : e + gn], act[:, e + gn :]
         dt = torch.log1p(torch.exp(dt_raw + layer.dt_bias)).clamp(lo, hi)  # (B, H)
         y = torch.empty_like(xs)
@@ -91,13 +73,13 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
                 a = 2.0 * a - 1.0
             S[h] = a[:, None, None] * S[h] + b_h[:, :, None] * (dt[:, h, None] * x_h)[:, None, :]
             y[:, h * p : (h + 1) * p] = (c_h[:, :, None] * S[h]).sum(dim=1) + layer.D[h] * x_h
-        u = y * z * _sigmoid(z)
+        u = y * z * sigmoid(z)
         size = e // groups
         normed = []
         for g in range(groups):
             part = u[:, g * size : (g + 1) * size]
             rms = torch.sqrt((part**2).mean(dim=1, keepdim=True) + layer.norm.eps)
             normed.append(part / rms)
-        ys.append(_linear(layer.out_proj, torch.cat(normed, dim=1) * layer.norm.weight))
+        ys.append(linear(layer.out_proj, torch.cat(normed, dim=1) * layer.norm.weight))
     conv_state = torch.stack(window, dim=1) if k > 1 else state["conv"].clone()
     return torch.stack(ys, dim=1), {"conv": conv_state, "ssm": torch.stack(S, dim=1)}

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(u: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-u))
 
 
 @reference("mingru")
@@ -28,7 +25,7 @@ def run(layer, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torc
     ys = []
     for t in range(x.shape[1]):
         x_t = x[:, t]
-        z = _sigmoid(x_t @ w_z.T + b_z)
+        z = sigmoid(x_t @ w_z.T + b_z)
         h_tilde = x_t @ w_h.T + b_h
         a = 1.0 - z
         if layer.negative_eigenvalues:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(u: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-u))
 
 
 @reference("minlstm")
@@ -29,8 +26,8 @@ def run(layer, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torc
     ys = []
     for t in range(x.shape[1]):
         x_t = x[:, t]
-        f = _sigmoid(x_t @ w_f.T + b_f)
-        i = _sigmoid(x_t @ w_i.T + b_i)
+        f = sigmoid(x_t @ w_f.T + b_f)
+        i = sigmoid(x_t @ w_i.T + b_i)
         h_tilde = x_t @ w_h.T + b_h
         f_norm, i_norm = f / (f + i), i / (f + i)
         a = 2.0 * f_norm - 1.0 if layer.negative_eigenvalues else f_norm

@@ -18,11 +18,8 @@ import math
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(u: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-u))
 
 
 def _head_layer_norm(o: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -52,7 +49,7 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         if layer.gate_soft_cap is not None:
             cap = layer.gate_soft_cap
             i_pre, f_pre = cap * torch.tanh(i_pre / cap), cap * torch.tanh(f_pre / cap)
-        f = _sigmoid(f_pre)
+        f = sigmoid(f_pre)
         if layer.negative_eigenvalues:
             f = 2.0 * f - 1.0
         i = torch.exp(i_pre)
@@ -62,7 +59,7 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         num = (q[..., :, None] * c).sum(dim=-2)  # (B, H, d_v)
         den = (q * n).sum(dim=-1).abs()
         h = num / torch.maximum(den, torch.ones_like(den))[..., None]
-        o = _sigmoid(x_t @ layer.o_proj.weight.T)
+        o = sigmoid(x_t @ layer.o_proj.weight.T)
         ys.append(
             (o * _head_layer_norm(h, layer.norm_weight, layer.norm_eps)) @ layer.out_proj.weight.T
         )

@@ -13,11 +13,8 @@ import math
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(u: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-u))
 
 
 def _softplus(u: torch.Tensor) -> torch.Tensor:
@@ -47,9 +44,9 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         for head in range(heads):
             c_h = c[:, head * bw : (head + 1) * bw]
             r_parts.append(
-                _sigmoid(c_h @ lru.recurrent_gate_weight[head] + lru.recurrent_gate_bias[head])
+                sigmoid(c_h @ lru.recurrent_gate_weight[head] + lru.recurrent_gate_bias[head])
             )
-            i_parts.append(_sigmoid(c_h @ lru.input_gate_weight[head] + lru.input_gate_bias[head]))
+            i_parts.append(sigmoid(c_h @ lru.input_gate_weight[head] + lru.input_gate_bias[head]))
         r, i = torch.cat(r_parts, dim=1), torch.cat(i_parts, dim=1)
         a = torch.exp(-8.0 * r * _softplus(lru.recurrent_param))
         if layer.negative_eigenvalues:

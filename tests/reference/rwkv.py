@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(z: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-z))
 
 
 def _normalise(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
@@ -37,7 +34,7 @@ def _time_mix(att, x_t, prev, wkv, heads):
     k = x_k @ att.key.weight.T
     v = x_v @ att.value.weight.T
     gate_in = x_g @ att.gate.weight.T
-    gate = gate_in * _sigmoid(gate_in)
+    gate = gate_in * sigmoid(gate_in)
     decay = att.time_decay + torch.tanh(x_w @ att.time_decay_w1) @ att.time_decay_w2
     w = torch.exp(-torch.exp(decay))
     outs = []
@@ -56,7 +53,7 @@ def _channel_mix(ffn, c_t, prev):
     dc = prev - c_t
     c_k, c_r = c_t + dc * ffn.time_maa_k, c_t + dc * ffn.time_maa_r
     hidden = torch.relu(c_k @ ffn.key.weight.T) ** 2
-    return _sigmoid(c_r @ ffn.receptance.weight.T) * (hidden @ ffn.value.weight.T)
+    return sigmoid(c_r @ ffn.receptance.weight.T) * (hidden @ ffn.value.weight.T)
 
 
 _SMALL = dict(n_heads=2, ffn_ratio=2.0, mix_lora_rank=3, decay_lora_rank=4, chunk_size=4)

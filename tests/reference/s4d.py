@@ -12,15 +12,12 @@ import math
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
 
 
 def _gelu(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * z * (1.0 + torch.erf(z / math.sqrt(2.0)))
-
-
-def _sigmoid(z: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-z))
 
 
 @reference("s4d", d_state=4)
@@ -42,6 +39,6 @@ def run(layer, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torc
         y = 2.0 * (c * h).sum(dim=-1).real + layer.D * u
         z = _gelu(y) @ w.T + bias
         if layer.output == "glu":
-            z = z[:, :width] * _sigmoid(z[:, width:])
+            z = z[:, :width] * sigmoid(z[:, width:])
         ys.append(z)
     return torch.stack(ys, dim=1), torch.stack([h.real, h.imag], dim=-1)

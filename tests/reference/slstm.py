@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.reference.formulas import sigmoid
 from tests.reference.registry import reference
-
-
-def _sigmoid(u: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-u))
 
 
 def random_state(layer, batch: int, gen: torch.Generator) -> dict:
@@ -52,7 +49,7 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
             rec.append(torch.cat(blocks, dim=1))
         pre = pre + torch.cat(rec, dim=1)
         i_pre, f_pre, z_pre, o_pre = pre.split(width, dim=1)
-        log_f = torch.log(_sigmoid(f_pre))
+        log_f = torch.log(sigmoid(f_pre))
         empty = n == 0
         m_new = torch.where(empty, i_pre, torch.maximum(log_f + m, i_pre))
         f_act = torch.where(empty, torch.zeros_like(m), torch.exp(log_f + m - m_new))
@@ -60,7 +57,7 @@ def run(layer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         c = f_act * c + i_act * torch.tanh(z_pre)
         n = f_act * n + i_act
         m = m_new
-        h = _sigmoid(o_pre) * c / n
+        h = sigmoid(o_pre) * c / n
         normed = []
         for k in range(heads):
             hk = h[:, k * d : (k + 1) * d]
