@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
 from statewise.ops.softmax_scan import softmax_combine, softmax_readout, softmax_scan
 
@@ -72,8 +73,7 @@ class Aaren(SequenceMixer):
 
     def __init__(self, d_model: int, n_heads: int = 4, mode: str = "auto") -> None:
         super().__init__(d_model, mode)
-        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads <= 0:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+        positive_int("n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
         self.n_heads = n_heads

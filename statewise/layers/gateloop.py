@@ -50,14 +50,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import flag, positive_int
 from statewise.layers.registry import register
 from statewise.ops.gated_linear_attention import gated_linear_attention
 
 
 def check_heads(d_model: int, n_heads: int) -> int:
     """The head width d_model / n_heads; ValueError unless n_heads is a positive divisor."""
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads <= 0:
-        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    positive_int("n_heads", n_heads)
     if d_model % n_heads:
         raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
     return d_model // n_heads
@@ -65,8 +65,7 @@ def check_heads(d_model: int, n_heads: int) -> int:
 
 def check_chunk_size(chunk_size: int) -> int:
     """A power of two (the chunk form halves chunks down to single steps)."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     if chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     return chunk_size
@@ -142,8 +141,7 @@ class GateLoop(SequenceMixer):
         self.head_dim = check_heads(d_model, n_heads)
         self.n_heads = n_heads
         self.chunk_size = check_chunk_size(chunk_size)
-        if not isinstance(negative_eigenvalues, bool):
-            raise TypeError(f"negative_eigenvalues must be a bool, got {negative_eigenvalues!r}")
+        flag("negative_eigenvalues", negative_eigenvalues)
         self.negative_eigenvalues = negative_eigenvalues
         self.q_proj = nn.Linear(d_model, d_model, bias=False)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)

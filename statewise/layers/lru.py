@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from statewise.layers.checks import flag
+from statewise.layers.checks import flag, positive_int
 from statewise.layers.mingru import DiagonalLinearMixer
 from statewise.layers.registry import register
 
@@ -126,8 +126,7 @@ class LRU(DiagonalLinearMixer):
         super().__init__(d_model, mode)
         if d_hidden is None:
             d_hidden = d_model
-        if isinstance(d_hidden, bool) or not isinstance(d_hidden, int) or d_hidden <= 0:
-            raise ValueError(f"d_hidden must be a positive int, got {d_hidden!r}")
+        positive_int("d_hidden", d_hidden)
         _check_init(r_min, r_max, max_phase)
         self.d_hidden = d_hidden
         self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase

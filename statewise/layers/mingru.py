@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
-from statewise.layers.checks import flag
+from statewise.layers.checks import flag, positive_int, positive_number
 from statewise.layers.registry import register
 from statewise.ops.scan import linear_recurrence
 from statewise.ops.tree import State
@@ -51,12 +51,8 @@ _FORMS = {"recurrent": "loop", "scan": "scan"}
 def hidden_width(d_model: int, expand: float, d_hidden: int | None) -> int:
     """``d_hidden`` if given, else round(expand * d_model); ValueError naming a bad argument."""
     if d_hidden is None:
-        if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0:
-            raise ValueError(f"expand must be a positive number, got {expand!r}")
-        return max(1, round(expand * d_model))
-    if isinstance(d_hidden, bool) or not isinstance(d_hidden, int) or d_hidden <= 0:
-        raise ValueError(f"d_hidden must be a positive int, got {d_hidden!r}")
-    return d_hidden
+        return max(1, round(positive_number("expand", expand) * d_model))
+    return positive_int("d_hidden", d_hidden)
 
 
 def skip_masked(

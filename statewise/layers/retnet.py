@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import flag, positive_int
 from statewise.layers.registry import register
 from statewise.ops.linear_attention import linear_attention
 
@@ -93,8 +94,7 @@ class Retention(SequenceMixer):
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
-        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads <= 0:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+        positive_int("n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
         if (d_model // n_heads) % 2:
@@ -102,10 +102,8 @@ class Retention(SequenceMixer):
                 f"the head width d_model / n_heads = {d_model // n_heads} must be even "
                 "(the relative-position rotation acts on feature pairs)"
             )
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if not isinstance(negative_eigenvalues, bool):
-            raise TypeError(f"negative_eigenvalues must be a bool, got {negative_eigenvalues!r}")
+        positive_int("chunk_size", chunk_size)
+        flag("negative_eigenvalues", negative_eigenvalues)
         if negative_eigenvalues and n_heads < 2:
             raise ValueError(
                 "negative_eigenvalues=True negates the odd heads' decays, so it needs "

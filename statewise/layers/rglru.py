@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
-from statewise.layers.checks import positive_int
+from statewise.layers.checks import flag, positive_int
 from statewise.layers.registry import register
 from statewise.ops.conv import causal_conv1d
 from statewise.ops.scan import linear_recurrence
@@ -156,8 +156,7 @@ class RGLRUBlock(SequenceMixer):
         positive_int("conv_width", conv_width)
         if width % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide lru_width={width}")
-        if not isinstance(negative_eigenvalues, bool):
-            raise ValueError(f"negative_eigenvalues must be a bool, got {negative_eigenvalues!r}")
+        flag("negative_eigenvalues", negative_eigenvalues)
         self.lru_width, self.n_heads, self.conv_width = width, n_heads, conv_width
         self.negative_eigenvalues = negative_eigenvalues
         self.linear_y = nn.Linear(d_model, width)

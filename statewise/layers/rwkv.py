@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import flag, positive_int
 from statewise.layers.gateloop import (
     check_chunk_size,
     check_heads,
@@ -275,12 +276,10 @@ class RWKV6(SequenceMixer):
         self.n_heads = n_heads
         self.chunk_size = check_chunk_size(chunk_size)
         for name, value in (("mix_lora_rank", mix_lora_rank), ("decay_lora_rank", decay_lora_rank)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, value)
         if isinstance(ffn_ratio, bool) or not isinstance(ffn_ratio, (int, float)) or ffn_ratio <= 0:
             raise ValueError(f"ffn_ratio must be a positive number, got {ffn_ratio!r}")
-        if not isinstance(channel_mix, bool):
-            raise TypeError(f"channel_mix must be a bool, got {channel_mix!r}")
+        flag("channel_mix", channel_mix)
         if not (isinstance(n_layers, int) and isinstance(layer_index, int)) or not (
             0 <= layer_index < n_layers
         ):

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
 from statewise.ops.fft_conv import cexp, lti_conv
 from statewise.ops.scan import linear_recurrence
@@ -108,8 +109,7 @@ class S4D(SequenceMixer):
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
-        if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state <= 0:
-            raise ValueError(f"d_state must be a positive int, got {d_state!r}")
+        positive_int("d_state", d_state)
         if d_state % 2:
             raise ValueError(f"d_state must be even (N/2 complex conjugate pairs), got {d_state}")
         if init not in INITS:
