@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import statewise.kernels
 import statewise.layers as L
 from statewise.ops.tree import tree_leaves, tree_map, tree_unflatten
 from tests.reference import REFERENCES
@@ -29,6 +30,14 @@ F32_REL = 1e-4
 NAMES = sorted(REFERENCES)
 CASES = [(case, mode) for case in NAMES for mode in L.info(REFERENCES[case].layer).modes]
 IDS = [f"{c}-{m}" for c, m in CASES]
+
+
+@pytest.fixture(autouse=True, params=statewise.kernels.available())
+def backend(request):
+    """Every test here runs once per backend (the pure-PyTorch twins, and numba's kernels
+    when numba is installed): each kernel must keep every promise its twin keeps."""
+    with statewise.kernels.use(request.param):
+        yield request.param
 
 
 def make_layer(case: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> L.SequenceMixer:
