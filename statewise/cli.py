@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from statewise import layers
@@ -105,8 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per number (median)")
     p.add_argument("--peers", action="store_true", help="also time the peer implementations")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
+    _backend_flag(p)
     p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
+    p = bench.add_parser(
+        "targets",
+        help="run the shapes the speed targets need and print PASS/MISS per target",
+    )
+    p.add_argument(
+        "--layers", metavar="A,B,...", help="only the targets of these layers ('scan': the scan)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per number (median)")
+    p.add_argument("--json", metavar="FILE", help="write the table and every measurement as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="write the target table as Markdown")
+    _backend_flag(p)
+    p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
     return parser
+
+
+def _backend_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=("torch", "numba", "both"),
+        help="kernel backend of our layers (default: the current one, see statewise.kernels); "
+        "both: run each under torch and numba and report numba/torch",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +313,32 @@ def cmd_convert(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.bench.machine import measure_machine
+    from statewise.bench.speed import resolve_backends
+
+    cmd = f"statewise bench {args.bench_command}"
+    if args.repeats <= 0:
+        raise UsageError(f"{cmd}: --repeats must be >= 1, got {args.repeats}")
+    for out in (args.json, getattr(args, "markdown", None)):
+        if out and not Path(out).parent.is_dir():
+            raise UsageError(f"{cmd}: {out}: no directory {Path(out).parent}")
+    try:
+        backends = resolve_backends(args.backend)
+    except ValueError as err:
+        raise UsageError(f"{cmd}: --backend: {err}") from None
+    if args.bench_command == "targets":
+        run = _bench_targets(args, backends)
+    else:
+        run = _bench_speed(args, backends)
+    print("measuring this machine's GEMM and memory bandwidth", file=sys.stderr, flush=True)
+    result, table = run(measure_machine(quick=args.quick_machine))
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace, backends: list[str]) -> Callable:
+    """Check the ``bench speed`` options; the run, a function of the measured machine."""
     from statewise.bench.speed import DEFAULT_LAYERS, Shape, check_layers, format_table, run_speed
 
     names = _csv(args.layers, "--layers", str) if args.layers else list(DEFAULT_LAYERS)
@@ -299,27 +349,45 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
             raise UsageError(f"statewise bench speed: {flag} must be a positive int, got {value}")
     if min(seq_lens) <= 0:
         raise UsageError("statewise bench speed: --seq-lens must be positive ints")
-    if args.repeats <= 0:
-        raise UsageError(f"statewise bench speed: --repeats must be >= 1, got {args.repeats}")
-    out = Path(args.json) if args.json else None
-    if out is not None and not out.parent.is_dir():
-        raise UsageError(f"statewise bench speed: --json {out}: no directory {out.parent}")
-    print("measuring this machine's GEMM and memory bandwidth", file=sys.stderr, flush=True)
-    machine = measure_machine(quick=args.quick_machine)
     shapes = [Shape(args.batch, t, args.d_model) for t in seq_lens]
-    result = run_speed(names, shapes, args.repeats, machine, with_peers=args.peers)
-    result["options"] = {
-        "layers": names,
-        "batch": args.batch,
-        "seq_lens": seq_lens,
-        "d_model": args.d_model,
-        "repeats": args.repeats,
-        "peers": args.peers,
-    }
-    print(format_table(result))
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+
+    def run(machine: object) -> tuple[dict, str]:
+        result = run_speed(names, shapes, args.repeats, machine, args.peers, backends=backends)
+        result["options"] = {
+            "layers": names,
+            "batch": args.batch,
+            "seq_lens": seq_lens,
+            "d_model": args.d_model,
+            "repeats": args.repeats,
+            "peers": args.peers,
+            "backends": backends,
+        }
+        return result, format_table(result)
+
+    return run
+
+
+def _bench_targets(args: argparse.Namespace, backends: list[str]) -> Callable:
+    """Check the ``bench targets`` options; the run, a function of the measured machine."""
+    from statewise.bench.speed import Shape, check_layers
+    from statewise.bench.target_run import run_targets
+    from statewise.bench.targets import DEFAULT_SHAPES, Shapes, format_markdown, format_targets
+
+    only = None
+    if args.layers:
+        only = tuple(_csv(args.layers, "--layers", str))
+        check_layers([n for n in only if n != "scan"])
+    shapes = DEFAULT_SHAPES
+    if args.tiny:
+        shapes = Shapes(Shape(2, 16, 16), Shape(2, 16, 32), 2, Shape(2, 32, 16), 16, 8)
+
+    def run(machine: object) -> tuple[dict, str]:
+        result = run_targets(machine, backends, args.repeats, shapes, only)
+        if args.markdown:
+            Path(args.markdown).write_text(format_markdown(result["targets"]))
+        return result, format_targets(result["targets"])
+
+    return run
 
 
 def _csv(text: str, flag: str, kind: type) -> list:
@@ -329,10 +397,10 @@ def _csv(text: str, flag: str, kind: type) -> list:
         values = [kind(item) for item in items]
     except ValueError:
         raise UsageError(
-            f"statewise bench speed: {flag} {text!r}: not a list of {kind.__name__}s"
+            f"statewise bench: {flag} {text!r}: not a list of {kind.__name__}s"
         ) from None
     if not values:
-        raise UsageError(f"statewise bench speed: {flag} is empty")
+        raise UsageError(f"statewise bench: {flag} is empty")
     return values
 
 

@@ -41,15 +41,15 @@ class Machine:
 def median_seconds(
     fn: Callable[[], object], repeats: int, warmup: int = 1, budget_s: float = SLOW_CALL_S
 ) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls; a warm-up
-    call slower than ``budget_s`` is taken as the only sample (its first-call overhead is
-    small against it), so one very slow peer cannot stall the run."""
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls. After a
+    warm-up call slower than ``budget_s``, a single timed call is the sample, so one very
+    slow peer cannot stall the run; the warm-up itself is never a sample, as it holds the
+    one-time costs (lazy initialisation, a numba kernel's compilation or cache load)."""
     for _ in range(warmup):
         start = time.perf_counter()
         fn()
-        elapsed = time.perf_counter() - start
-        if elapsed > budget_s:
-            return elapsed
+        if time.perf_counter() - start > budget_s:
+            repeats = 1
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

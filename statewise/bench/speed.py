@@ -15,6 +15,9 @@ For every chosen layer and shape (batch, seq_len, d_model), in one process:
   the figure is close to the peak of live tensor bytes (activations saved for backward,
   gradients, workspaces), rounded to pages. Measured after all timings, because this
   setting changes allocation speed. Linux only; ``None`` elsewhere.
+- ``backend``: the kernel backend the row ran under (:mod:`statewise.kernels`); with several
+  backends, each non-torch row has ``vs_torch``: its tokens/s over the torch row's (above 1:
+  the compiled kernels are faster), and its step time ratio torch/it.
 - For chunkwise matrix-state layers, ``gemm_fraction``: the forward's FLOP/s (FLOPs as
   counted by :func:`chunk_flops_per_token`) over the machine's measured fp32 GEMM GFLOP/s.
 - For diagonal scans, ``bandwidth_fraction``: the recurrence's bytes (as counted by
@@ -34,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from statewise import layers
-from statewise.bench.machine import Machine, median_seconds
+from statewise import kernels, layers
+from statewise.bench.machine import SLOW_CALL_S, Machine, median_seconds
 
 DEFAULT_LAYERS = ("lstm", "mingru", "rglru", "mamba", "retnet", "mamba2", "mlstm")
 CHUNKED = ("retnet", "gateloop", "mlstm", "mamba2", "rwkv")
@@ -85,12 +88,22 @@ def fwd_bwd_fn(
 
 
 def throughput(
-    module: Callable, params: list, x: torch.Tensor, repeats: int, backward: bool = True
+    module: Callable,
+    params: list,
+    x: torch.Tensor,
+    repeats: int,
+    backward: bool = True,
+    budget_s: float = SLOW_CALL_S,
 ) -> dict:
-    """Forward and (unless ``backward`` is False: None) forward+backward tokens/s."""
+    """Forward and (unless ``backward`` is False: None) forward+backward tokens/s; after a
+    warm-up slower than ``budget_s`` one call is timed (see :func:`median_seconds`)."""
     tokens = x.shape[0] * x.shape[1]
-    fwd = median_seconds(forward_fn(module, x), repeats)
-    both = median_seconds(fwd_bwd_fn(module, params, x), repeats) if backward else None
+    fwd = median_seconds(forward_fn(module, x), repeats, budget_s=budget_s)
+    both = (
+        median_seconds(fwd_bwd_fn(module, params, x), repeats, budget_s=budget_s)
+        if backward
+        else None
+    )
     return {"forward_tps": tokens / fwd, "fwd_bwd_tps": None if both is None else tokens / both}
 
 
@@ -124,9 +137,10 @@ def prepare_memory_measurement() -> bool:
     return True
 
 
-def peak_mb(run: Callable[[], object]) -> float:
-    """Peak RSS growth of ``run()`` in MiB (see the module docstring)."""
-    run()  # warm-up: lazy initialisation does not count
+def peak_mb(run: Callable[[], object], warmup: Callable[[], object] | None = None) -> float:
+    """Peak RSS growth of ``run()`` in MiB (see the module docstring), after one call of
+    ``warmup`` (default: ``run``) so that lazy initialisation does not count."""
+    (warmup or run)()
     gc.collect()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)  # free heap pages left by earlier runs go back to the OS
@@ -209,7 +223,8 @@ def build(name: str, d_model: int) -> layers.SequenceMixer:
 
 
 def measure_layer(name: str, shape: Shape, repeats: int, machine: Machine) -> dict:
-    """Every number of one layer at one shape (memory is added later by ``peak``)."""
+    """Every number of one layer at one shape under the current backend (memory is added
+    later by ``layer_peak_mb``)."""
     layer = build(name, shape.d_model)
     x = torch.randn(shape.batch, shape.seq_len, shape.d_model)
 
@@ -222,6 +237,7 @@ def measure_layer(name: str, shape: Shape, repeats: int, machine: Machine) -> di
         "seq_len": shape.seq_len,
         "d_model": shape.d_model,
         "mode": layer.resolve_mode(shape.seq_len),
+        "backend": kernels.current(),
         **throughput(module, list(layer.parameters()), x, repeats),
         "step_us": step_us(layer, shape.d_model, repeats),
         "peak_mb": None,
@@ -273,6 +289,34 @@ def check_layers(names: list[str]) -> None:
             raise ValueError(f"unknown layer {name!r}; choose from: {', '.join(sorted(known))}")
 
 
+def resolve_backends(choice: str | None) -> list[str]:
+    """``torch``, ``numba``, ``both`` (torch then numba) or None (the current backend)."""
+    if choice is None:
+        return [kernels.current()]
+    names = list(kernels.BACKENDS) if choice == "both" else [choice]
+    for name in names:
+        if name not in kernels.BACKENDS:
+            raise ValueError(f"backend must be torch, numba or both, got {choice!r}")
+        if name not in kernels.available():
+            raise ValueError(
+                f"backend {name!r} is not installed (available: {kernels.available()})"
+            )
+    return names
+
+
+def vs_torch(row: dict, torch_row: dict) -> dict:
+    """Speed-ups of ``row`` over the same cell under the torch backend (None if missing)."""
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
+    return {
+        "forward_ratio": ratio(row.get("forward_tps"), torch_row.get("forward_tps")),
+        "fwd_bwd_ratio": ratio(row.get("fwd_bwd_tps"), torch_row.get("fwd_bwd_tps")),
+        "step_ratio": ratio(torch_row.get("step_us"), row.get("step_us")),
+    }
+
+
 def run_speed(
     names: list[str],
     shapes: list[Shape],
@@ -280,37 +324,56 @@ def run_speed(
     machine: Machine,
     with_peers: bool = False,
     progress: bool = True,
+    backends: list[str] | None = None,
 ) -> dict:
-    """Measure every layer at every shape (and its peers); the JSON-ready result."""
+    """Measure every layer at every shape under every backend (and its peers, timed once
+    per shape); the JSON-ready result."""
     from statewise.bench import peers as peer_mod
 
     check_layers(names)
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    backends = backends or [kernels.current()]
     peer_lists = {n: peer_mod.peers_for(n) if with_peers else [] for n in names}
-    cells = [(n, s) for n in names for s in shapes]
-    n_peer_runs = sum(len(peer_lists[n]) for n, _ in cells)
+    cells = [(n, s, b) for n in names for s in shapes for b in backends]
+    n_peer_runs = sum(len(peer_lists[n]) for n in names) * len(shapes)
     tick = Progress(2 * len(cells) + n_peer_runs, progress)
-    rows = []
-    for name, shape in cells:
-        tick(f"{name} {shape.label()}")
+    rows, timed_peers = [], {}
+    for name, shape, backend in cells:
+        tick(f"{name} {shape.label()} [{backend}]")
         try:
-            row = measure_layer(name, shape, repeats, machine)
+            with kernels.use(backend):
+                row = measure_layer(name, shape, repeats, machine)
         except Exception as err:  # a broken layer is reported, the run goes on
-            row = {**_key(name, shape), "error": f"{type(err).__name__}: {err}"}
+            row = {**_key(name, shape), "backend": backend, "error": f"{type(err).__name__}: {err}"}
         row["peers"] = []
         for peer in peer_lists[name]:
-            tick(f"{name} {shape.label()} vs {peer.name}")
-            row["peers"].append(peer_mod.measure_peer(peer, row, shape, repeats))
+            if (name, shape, peer.name) not in timed_peers:
+                tick(f"{name} {shape.label()} vs {peer.name}")
+                timed_peers[name, shape, peer.name] = peer_mod.time_peer(
+                    peer, build(name, shape.d_model), shape, repeats
+                )
+            row["peers"].append(peer_mod.with_ratios(timed_peers[name, shape, peer.name], row))
         rows.append(row)
+
+    def cell(r: dict) -> tuple:
+        return r["layer"], r["batch"], r["seq_len"], r["d_model"]
+
+    torch_rows = {cell(r): r for r in rows if r["backend"] == "torch"}
+    for row in rows:
+        base = torch_rows.get(cell(row))
+        if row["backend"] != "torch" and base is not None and "error" not in row:
+            row["vs_torch"] = vs_torch(row, base)
     memory_ok = prepare_memory_measurement()
-    for row, (name, shape) in zip(rows, cells):
-        tick(f"{name} {shape.label()} peak memory")
+    for row, (name, shape, backend) in zip(rows, cells):
+        tick(f"{name} {shape.label()} [{backend}] peak memory")
         if memory_ok and "error" not in row:
-            row["peak_mb"] = layer_peak_mb(name, shape)
+            with kernels.use(backend):
+                row["peak_mb"] = layer_peak_mb(name, shape)
     return {
         "machine": machine.as_dict(),
         "repeats": repeats,
+        "backends": backends,
         "memory_measured": "peak RSS growth of one forward+backward (VmHWM), MiB"
         if memory_ok
         else None,
@@ -342,6 +405,7 @@ def format_table(result: dict) -> str:
     header = [
         "layer",
         "shape",
+        "backend",
         "mode",
         "fwd tok/s",
         "fwd+bwd tok/s",
@@ -353,7 +417,8 @@ def format_table(result: dict) -> str:
     for r in result["results"]:
         shape = f"B{r['batch']} T{r['seq_len']} D{r['d_model']}"
         if "error" in r:
-            table.append([r["layer"], shape, "error: " + r["error"][:60], "", "", "", "", ""])
+            error = "error: " + r["error"][:60]
+            table.append([r["layer"], shape, r.get("backend", ""), error, "", "", "", "", ""])
             continue
         if "gemm_fraction" in r:
             limit = f"{100 * r['gemm_fraction']:.1f}% GEMM"
@@ -365,6 +430,7 @@ def format_table(result: dict) -> str:
             [
                 r["layer"],
                 shape,
+                r.get("backend", ""),
                 r["mode"],
                 _fmt(r["forward_tps"], ",.0f"),
                 _fmt(r["fwd_bwd_tps"], ",.0f"),
@@ -373,12 +439,28 @@ def format_table(result: dict) -> str:
                 limit,
             ]
         )
+        if "vs_torch" in r:
+            v = r["vs_torch"]
+            table.append(
+                [
+                    "",
+                    "",
+                    "",
+                    "vs torch backend",
+                    _ratio(v["forward_ratio"]),
+                    _ratio(v["fwd_bwd_ratio"]),
+                    _ratio(v["step_ratio"]),
+                    "",
+                    "",
+                ]
+            )
         for p in r.get("peers", []):
             if "forward_tps" not in p:
-                table.append(["", "", f"vs {p['peer']}: {p['status']}", "", "", "", "", ""])
+                table.append(["", "", "", f"vs {p['peer']}: {p['status']}", "", "", "", "", ""])
                 continue
             table.append(
                 [
+                    "",
                     "",
                     "",
                     f"vs {p['peer']}",
@@ -394,4 +476,6 @@ def format_table(result: dict) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     lines.append("")
     lines.append("peer rows: ours/peer tokens/s (x2.00 = ours twice as fast)")
+    if any("vs_torch" in r for r in result["results"]):
+        lines.append("'vs torch backend' rows: this backend's speed / the torch backend's")
     return "\n".join(lines)

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
+from statewise import kernels
 from statewise.bench import peers
 from statewise.bench.speed import Shape, chunk_flops_per_token, scan_bytes_per_token
 from statewise.cli import main
 from statewise.layers import get
 
 TINY = ["--batch", "2", "--seq-lens", "8,12", "--d-model", "16", "--repeats", "1"]
-ROW_FIELDS = {"layer", "batch", "seq_len", "d_model", "mode", "forward_tps", "fwd_bwd_tps"}
+ROW_FIELDS = {
+    "layer",
+    "batch",
+    "seq_len",
+    "d_model",
+    "mode",
+    "backend",
+    "forward_tps",
+    "fwd_bwd_tps",
+}
 
 
 def positive(value: float) -> bool:
@@ -24,7 +36,7 @@ def positive(value: float) -> bool:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "speed.json"
-    argv = ["bench", "speed", "--layers", "lstm,mingru,mamba,retnet", *TINY]
+    argv = ["bench", "speed", "--layers", "lstm,mingru,lru,retnet", *TINY]
     assert main([*argv, "--peers", "--quick-machine", "--json", str(out)]) == 0
     return json.loads(out.read_text())
 
@@ -34,7 +46,7 @@ def test_json_has_machine_and_every_cell(result: dict) -> None:
     machine = result["machine"]
     assert positive(machine["gemm_gflops"]) and positive(machine["bandwidth_gbs"])
     cells = {(r["layer"], r["seq_len"]) for r in result["results"]}
-    assert cells == {(n, t) for n in ("lstm", "mingru", "mamba", "retnet") for t in (8, 12)}
+    assert cells == {(n, t) for n in ("lstm", "mingru", "lru", "retnet") for t in (8, 12)}
     for row in result["results"]:
         assert "error" not in row, row
         assert ROW_FIELDS <= set(row)
@@ -47,7 +59,7 @@ def test_json_has_machine_and_every_cell(result: dict) -> None:
 def test_limits_fractions(result: dict) -> None:
     rows = {r["layer"]: r for r in result["results"] if r["seq_len"] == 12}
     assert positive(rows["retnet"]["gemm_fraction"]) and positive(rows["retnet"]["flops_per_token"])
-    for name in ("mingru", "mamba"):
+    for name in ("mingru", "lru"):
         assert positive(rows[name]["bandwidth_fraction"])
         assert "gemm_fraction" not in rows[name]
     assert "gemm_fraction" not in rows["lstm"] and "bandwidth_fraction" not in rows["lstm"]
@@ -75,10 +87,54 @@ def test_peer_ratios_are_ours_over_peer(result: dict) -> None:
     assert {"torch.nn.LSTM", "eager loop"} <= seen
 
 
-def test_missing_peer_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    ghost = peers.Peer("ghost", "no_such_module_statewise", lambda s: None)
-    out = peers.measure_peer(ghost, {"forward_tps": 1.0}, Shape(1, 4, 8), 1)
+def test_missing_peer_is_reported_not_raised() -> None:
+    ghost = peers.Peer("ghost", "no_such_module_statewise", lambda s, ours: None)
+    out = peers.time_peer(ghost, get("gru", 8), Shape(1, 4, 8), 1)
     assert out["status"].startswith("missing")
+    assert peers.with_ratios(out, {"forward_tps": 1.0}) == out  # no ratio without a time
+
+
+@pytest.mark.slow  # imports transformers and xlstm: ~15 s
+@pytest.mark.parametrize("layer", sorted(peers.PEERS))
+def test_every_peer_runs_or_is_missing(layer: str) -> None:
+    """Each peer builds from our layer's configuration and maps (B, T, D) to (B, T, D)."""
+    shape = Shape(1, 6, 64)
+    ours = get(layer, 64)
+    for peer in peers.peers_for(layer):
+        out = peers.time_peer(peer, ours, shape, 1)
+        assert out["status"] == "ok" or out["status"].startswith("missing"), out
+
+
+def test_eager_loops_follow_our_heads() -> None:
+    loop = peers.PEERS["slstm"][0].build(Shape(1, 3, 64), get("slstm", 64, n_heads=2))
+    assert loop.n_heads == 2 and loop(torch.randn(1, 3, 64)).shape == (1, 3, 64)
+    lstm = peers.EagerLSTM(64, n_heads=4)
+    assert lstm(torch.randn(2, 3, 64)).shape == (2, 3, 64)
+
+
+@pytest.mark.skipif("numba" not in kernels.available(), reason="numba is not installed")
+def test_backend_both_reports_numba_over_torch(tmp_path: Path) -> None:
+    out = tmp_path / "both.json"
+    argv = ["bench", "speed", "--layers", "mingru", "--backend", "both", "--quick-machine"]
+    assert main([*argv, *TINY, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["backends"] == ["torch", "numba"]
+    rows = {(r["backend"], r["seq_len"]): r for r in result["results"]}
+    assert set(rows) == {(b, t) for b in ("torch", "numba") for t in (8, 12)}
+    for t in (8, 12):
+        fast, base = rows["numba", t], rows["torch", t]
+        assert "vs_torch" not in base
+        ratio = fast["vs_torch"]["fwd_bwd_ratio"]
+        assert ratio == pytest.approx(fast["fwd_bwd_tps"] / base["fwd_bwd_tps"])
+
+
+def test_backend_not_installed_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(kernels, "available", lambda: ("torch",))
+    assert main(["bench", "speed", "--backend", "numba", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "numba" in err and "\n" not in err
 
 
 def test_table_on_stdout(capsys: pytest.CaptureFixture) -> None:
@@ -110,6 +166,7 @@ def test_work_counts() -> None:
         ["--repeats", "0"],
         ["--json", "/no/such/dir/x.json"],
         ["--bogus"],
+        ["--backend", "cuda"],
     ],
 )
 def test_bad_arguments_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture) -> None:
