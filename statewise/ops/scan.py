@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from statewise import kernels
+
 MODES = ("loop", "scan")
 
 
@@ -101,27 +103,81 @@ class _LoopRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         a, b, h0, out = ctx.saved_tensors
-        reverse = ctx.reverse
-        a_c = _conj(a)
-        zero = torch.zeros_like(a_c[:, :1])
-        h0_in = h0.to(out.dtype).unsqueeze(1)
-        if not reverse:  # G_t = g_t + conj(a_{t+1}) G_{t+1}
-            a_next = torch.cat([a_c[:, 1:], zero], dim=1)
-            grad_h = _LoopRecurrence.apply(a_next, grad_out, torch.zeros_like(out[:, 0]), True)
-            h_prev = torch.cat([h0_in, out[:, :-1]], dim=1)
-            grad_h0 = a_c[:, 0] * grad_h[:, 0]
-        else:  # G_t = g_t + conj(a_{t-1}) G_{t-1}
-            a_prev = torch.cat([zero, a_c[:, :-1]], dim=1)
-            grad_h = _LoopRecurrence.apply(a_prev, grad_out, torch.zeros_like(out[:, 0]), False)
-            h_prev = torch.cat([out[:, 1:], h0_in], dim=1)
-            grad_h0 = a_c[:, -1] * grad_h[:, -1]
-        grad_a = grad_h * _conj(h_prev) if ctx.needs_input_grad[0] else None
-        return (
-            _sum_to(grad_a, a) if grad_a is not None else None,
-            _sum_to(grad_h, b),
-            _sum_to(grad_h0, h0),
-            None,
+        grad_a, grad_b, grad_h0 = _loop_grads(
+            a, h0, out, grad_out, ctx.reverse, ctx.needs_input_grad[0]
         )
+        return grad_a, _sum_to(grad_b, b), grad_h0, None
+
+
+def _loop_grads(
+    a: torch.Tensor,
+    h0: torch.Tensor,
+    out: torch.Tensor,
+    grad_out: torch.Tensor,
+    reverse: bool,
+    need_a: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(dL/da, dL/db before reduction to b, dL/dh0) of the loop, by :class:`_LoopRecurrence`.
+
+    a needs b's batch and time sizes (a view is enough); dL/da and dL/dh0 come back in the
+    shapes and dtypes of a and h0. Differentiable, so a backward built from it can be
+    differentiated again.
+    """
+    a_c = _conj(a)
+    zero = torch.zeros_like(a_c[:, :1])
+    h0_in = h0.to(out.dtype).unsqueeze(1)
+    if not reverse:  # G_t = g_t + conj(a_{t+1}) G_{t+1}
+        a_next = torch.cat([a_c[:, 1:], zero], dim=1)
+        grad_h = _LoopRecurrence.apply(a_next, grad_out, torch.zeros_like(out[:, 0]), True)
+        h_prev = torch.cat([h0_in, out[:, :-1]], dim=1)
+        grad_h0 = a_c[:, 0] * grad_h[:, 0]
+    else:  # G_t = g_t + conj(a_{t-1}) G_{t-1}
+        a_prev = torch.cat([zero, a_c[:, :-1]], dim=1)
+        grad_h = _LoopRecurrence.apply(a_prev, grad_out, torch.zeros_like(out[:, 0]), False)
+        h_prev = torch.cat([out[:, 1:], h0_in], dim=1)
+        grad_h0 = a_c[:, -1] * grad_h[:, -1]
+    grad_a = _sum_to(grad_h * _conj(h_prev), a) if need_a else None
+    return grad_a, grad_h, _sum_to(grad_h0, h0)
+
+
+class _KernelRecurrence(torch.autograd.Function):
+    """The forward loop (reverse=False) as the numba kernel :mod:`statewise.kernels.scan`.
+
+    Takes the kernel's canonical tensors (see :func:`statewise.kernels.scan.canonical`);
+    the backward is the kernel's fused reverse pass. Under ``create_graph`` (grad enabled
+    inside the backward) it is instead :func:`_loop_grads`, the twin's differentiable
+    backward, so double backward works whatever the backend.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        from statewise.kernels import scan as kernel
+
+        out = kernel.forward(a, b, h0)
+        ctx.save_for_backward(a, h0, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, h0, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            a_full = a.expand(out.shape[:2] + a.shape[2:])
+            return _loop_grads(a_full, h0, out, grad_out, reverse=False)
+        from statewise.kernels import scan as kernel
+
+        return kernel.backward(a, h0, out, grad_out)
+
+
+def _kernel_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor | None:
+    """The numba kernel's result when the numba backend is in force and takes these
+    tensors (CPU, float32/64, complex64/128); None otherwise (then the twin runs)."""
+    if kernels.current() != "numba":
+        return None
+    from statewise.kernels import scan as kernel
+
+    if not kernel.supported(a, b, h0):
+        return None
+    return _KernelRecurrence.apply(*kernel.canonical(a, b, h0)).reshape(b.shape)
 
 
 def linear_recurrence_loop(
@@ -134,10 +190,11 @@ def linear_recurrence_loop(
     the same loop run backwards in time (see :class:`_LoopRecurrence`). The reference form,
     and on this machine the fastest eager form whenever batch x width is above ~256.
     """
-    a, b, h0 = _prepare(a, b, h0)
+    a_full, b, h0 = _prepare(a, b, h0)
     if b.shape[1] == 0:
-        return _empty(a, b, h0)
-    return _LoopRecurrence.apply(a, b, h0, False)
+        return _empty(a_full, b, h0)
+    out = _kernel_recurrence(a, b, h0)
+    return _LoopRecurrence.apply(a_full, b, h0, False) if out is None else out
 
 
 def linear_recurrence_scan(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from statewise import kernels
 from statewise.ops.scan import linear_recurrence, linear_recurrence_scan
 
 MODES = ("loop", "scan")
@@ -119,6 +120,44 @@ class _SelectiveScanChunk(torch.autograd.Function):
         return grad_dtx * dt, grad_dt, grad_A, grad_B, grad_C, grad_h0, None, None
 
 
+class _SelectiveScanKernel(torch.autograd.Function):
+    """The whole selective scan, (x, dt, A, B, C, h0) -> (sum_n C_t h_t, h_T), as the fused
+    numba kernel of :mod:`statewise.kernels.selective_scan` (same equations as
+    :class:`_SelectiveScanChunk`; it stores the state every 64 steps and recomputes between)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, negative_eigenvalues):
+        from statewise.kernels import selective_scan as kernel
+
+        save = any(ctx.needs_input_grad)
+        y, h, checkpoints = kernel.forward(x, dt, A, B, C, h0, negative_eigenvalues, save)
+        ctx.save_for_backward(x, dt, A, B, C, checkpoints)
+        ctx.negative = negative_eigenvalues
+        return y, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_last):
+        from statewise.kernels import selective_scan as kernel
+
+        x, dt, A, B, C, checkpoints = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(x)
+        if grad_last is None:
+            grad_last = x.new_zeros(x.shape[0], *A.shape)
+        grads = kernel.backward(x, dt, A, B, C, checkpoints, grad_y, grad_last, ctx.negative)
+        return *grads, None
+
+
+def _kernel_ready(*tensors: torch.Tensor) -> bool:
+    """True when the numba backend is in force and its selective scan takes these tensors."""
+    if kernels.current() != "numba":
+        return False
+    from statewise.kernels import selective_scan as kernel
+
+    return kernel.supported(*tensors)
+
+
 def selective_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -138,6 +177,10 @@ def selective_scan(
     :func:`statewise.ops.scan.linear_recurrence`, "loop" or "scan", used for the forward
     and the backward recurrence. ``chunk_size``: time steps per chunk (None: as many as fit
     :data:`CHUNK_ELEMENTS`). Differentiable once (the backward is hand-written).
+
+    With the numba backend (:mod:`statewise.kernels`), mode "loop" on CPU float32/float64
+    tensors of one dtype runs the fused kernel of :mod:`statewise.kernels.selective_scan`
+    instead (``chunk_size`` is then unused: the kernel never holds a (B, L, D, N) tensor).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -165,6 +208,9 @@ def selective_scan(
     if seq_len == 0:
         return x.new_zeros(x.shape), h0
 
+    if mode == "loop" and _kernel_ready(x, dt, A, B, C, h0):
+        y, h = _SelectiveScanKernel.apply(x, dt, A, B, C, h0, negative_eigenvalues)
+        return (y if D is None else torch.addcmul(y, x, D)), h
     h, ys = h0, []
     for x_c, dt_c, b_c, c_c in zip(*(t.split(chunk_size, dim=1) for t in (x, dt, B, C))):
         y_c, h = _SelectiveScanChunk.apply(x_c, dt_c, A, b_c, c_c, h, mode, negative_eigenvalues)
