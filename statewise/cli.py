@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from statewise import layers
+from statewise.arena.cli import add_arena_parser, cmd_arena
 
 EXIT_USAGE = 2
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_flag(p)
     p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
+    add_arena_parser(sub)
     return parser
 
 
@@ -141,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"statewise {args.command}: unrecognized arguments: {' '.join(extra)}")
         return COMMANDS[args.command](args, extra)
     except KeyboardInterrupt:
-        print(
-            "statewise: interrupted (a training run continues with --resume auto)", file=sys.stderr
-        )
+        how = {
+            "train": "continue it with --resume auto",
+            "arena": "rerun the same command to resume; finished cells are kept",
+        }.get(argv[0] if argv else "", "nothing was saved")
+        print(f"statewise: interrupted ({how})", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError) as err:
         if os.environ.get("STATEWISE_DEBUG"):
@@ -411,4 +415,5 @@ COMMANDS = {
     "eval": cmd_eval,
     "generate": cmd_generate,
     "convert": cmd_convert,
+    "arena": cmd_arena,
 }

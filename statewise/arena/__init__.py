@@ -1,0 +1,119 @@
+"""The arena: every chosen layer trained on every chosen task under the same parameter and
+time budget, ranked per task (``statewise arena``; see docs/arena.md).
+
+    from statewise.arena import run_arena
+    report = run_arena("quick", out="runs/arena-quick")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from statewise.arena.suites import Suite, TaskSpec, builtin_suites, task_spec
+
+__all__ = ["Suite", "TaskSpec", "run_arena", "builtin_suites", "task_spec"]
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def resolve(
+    suite: str | Suite,
+    layers: list[str] | None = None,
+    tasks: list[str] | None = None,
+    budget_s: float | None = None,
+    seeds: int | None = None,
+    params: int | None = None,
+    steps: int | None = None,
+) -> tuple[Suite, list[TaskSpec], list[str]]:
+    """The suite with the overrides applied, its task specs and layers; ValueError with a
+    one-line message for anything unknown or out of range."""
+    from statewise.layers import names
+
+    if isinstance(suite, Suite):
+        chosen = suite
+    else:
+        table = builtin_suites()
+        if suite not in table:
+            raise ValueError(
+                f"statewise arena: unknown suite {suite!r}; choose one of: {', '.join(table)}"
+            )
+        chosen = table[suite]
+    for flag, value in (
+        ("--budget-s", budget_s),
+        ("--seeds", seeds),
+        ("--params", params),
+        ("--steps", steps),
+    ):
+        if value is not None and not value > 0:
+            raise ValueError(f"statewise arena: {flag} must be positive, got {value:g}")
+    layers = _unique(layers) if layers else list(chosen.layers)
+    unknown = [n for n in layers if n not in names()]
+    if unknown:
+        raise ValueError(
+            f"statewise arena: unknown layer {unknown[0]!r}; choose from: {', '.join(names())}"
+        )
+    try:
+        specs = [task_spec(n) for n in (_unique(tasks) if tasks else chosen.tasks)]
+    except ValueError as err:
+        raise ValueError(f"statewise arena: {err}") from None
+    chosen = replace(
+        chosen,
+        layers=tuple(layers),
+        tasks=tuple(s.name for s in specs),
+        budget_s=chosen.budget_s if budget_s is None else float(budget_s),
+        seeds=chosen.seeds if seeds is None else seeds,
+        params=chosen.params if params is None else params,
+    )
+    return chosen, specs, layers
+
+
+def run_arena(
+    suite: str | Suite = "quick",
+    out: str | Path = "runs/arena-quick",
+    *,
+    layers: list[str] | None = None,
+    tasks: list[str] | None = None,
+    budget_s: float | None = None,
+    seeds: int | None = None,
+    params: int | None = None,
+    steps: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) an arena and write OUT/leaderboard.{json,md}, the PNG plots and
+    OUT/index.html; returns the leaderboard JSON. ``suite`` is a name from ``builtin_suites()``
+    or a Suite of one's own. ``steps`` replaces the time budget by a
+    fixed step count per learning rate (reproducible to the bit)."""
+    from statewise.arena.leaderboard import aggregate, to_json, to_markdown
+    from statewise.arena.plots import write_plots
+    from statewise.arena.report_html import render
+    from statewise.arena.runner import run_cells, write_json
+
+    chosen, specs, layers = resolve(suite, layers, tasks, budget_s, seeds, params, steps)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"statewise arena: --out {out} is a file, not a directory")
+    time_budget = None if steps is not None else chosen.budget_s
+    results = run_cells(chosen, specs, layers, chosen.seeds, time_budget, steps, out, log)
+    options = {
+        "suite": chosen.name,
+        "layers": layers,
+        "tasks": list(chosen.tasks),
+        "params": chosen.params,
+        "budget_s": time_budget,
+        "steps": steps,
+        "seeds": chosen.seeds,
+        "n_layers": chosen.n_layers,
+        "batch_size": chosen.batch_size,
+    }
+    board = aggregate(results)
+    report = to_json(board, results, options)
+    write_json(out / "leaderboard.json", report)
+    (out / "leaderboard.md").write_text(to_markdown(board, options), encoding="utf-8")
+    plots = write_plots(board, results, out)
+    (out / "index.html").write_text(render(board, options, plots), encoding="utf-8")
+    return report

@@ -1,0 +1,137 @@
+"""The leaderboard: cell results averaged over seeds, ranked per task, as JSON and Markdown."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+MEAN_FIELDS = ("tokens_per_s", "seconds", "train_seconds", "steps", "val_loss", "val_accuracy")
+SAME_FIELDS = ("family", "metric", "higher_is_better", "params", "d_model", "state_floats")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    real = [v for v in values if v is not None]
+    return statistics.fmean(real) if real else None
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{task: {"metric", "higher_is_better", "rows"}}: one row per layer (seeds averaged;
+    ``std`` over seeds when there are several), rows ranked best first, failures last."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in results:
+        groups.setdefault(r["task"], {}).setdefault(r["layer"], []).append(r)
+    board = {}
+    for task, by_layer in groups.items():
+        rows = [_row(layer, cells) for layer, cells in by_layer.items()]
+        known = next((r for r in rows if "metric" in r), {})
+        higher = known.get("higher_is_better", True)
+        board[task] = {
+            "metric": known.get("metric"),
+            "higher_is_better": higher,
+            "rows": rank(rows, higher),
+        }
+    return board
+
+
+def _row(layer: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [c for c in cells if "error" not in c]
+    row: dict[str, Any] = {"layer": layer, "seeds": len(ok)}
+    if not ok:
+        return {**row, "family": cells[0]["family"], "value": None, "error": cells[0]["error"]}
+    values = [c["value"] for c in ok]
+    row["value"] = _mean(values)
+    real = [v for v in values if v is not None]
+    row["std"] = statistics.stdev(real) if len(real) > 1 else None
+    row.update({k: ok[0][k] for k in SAME_FIELDS})
+    row.update({k: _mean([c.get(k) for c in ok]) for k in MEAN_FIELDS})
+    row["val_bits_per_char"] = _mean([c.get("val_bits_per_char") for c in ok])
+    row["lr"] = [c["lr"] for c in ok] if len(ok) > 1 else ok[0]["lr"]
+    lengths = ok[0]["test_accuracy"]
+    row["test_accuracy"] = {n: _mean([c["test_accuracy"].get(n) for c in ok]) for n in lengths}
+    if len(ok) < len(cells):
+        row["error"] = next(c["error"] for c in cells if "error" in c)
+    return row
+
+
+def rank(rows: list[dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:
+    """Best first; rows without a value (failed, diverged) last, in their given order."""
+    scored = [r for r in rows if r.get("value") is not None]
+    missing = [r for r in rows if r.get("value") is None]
+    scored.sort(key=lambda r: r["value"], reverse=higher_is_better)
+    return scored + missing
+
+
+def to_json(board: dict[str, Any], results: list[dict[str, Any]], options: dict) -> dict:
+    """The machine-readable leaderboard: options, ranked rows, and every cell."""
+    cells = [{k: v for k, v in r.items() if k != "loss_curve"} for r in results]
+    return {"options": options, "tasks": board, "cells": cells}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _state(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def table(task: str, entry: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Column names and cells of one task's ranking (shared by Markdown and HTML)."""
+    rows = entry["rows"]
+    lengths = next((list(r["test_accuracy"]) for r in rows if r.get("test_accuracy")), [])
+    text = any(r.get("val_bits_per_char") is not None for r in rows)
+    head = ["#", "layer", entry["metric"] or "metric"]
+    head += ["bits/char"] * text + [f"acc@{n}" for n in lengths]
+    head += ["params", "d_model", "state", "tokens/s", "seconds", "lr", "steps"]
+    body = []
+    for i, r in enumerate(rows, 1):
+        if r.get("value") is None and "params" not in r:
+            body.append(
+                [str(i), r["layer"], f"failed: {r.get('error', '')}"] + [""] * (len(head) - 3)
+            )
+            continue
+        value = _fmt(r["value"], ".4f") + (f" ± {r['std']:.4f}" if r.get("std") else "")
+        line = [str(i), r["layer"], value]
+        line += [_fmt(r.get("val_bits_per_char"), ".3f")] * text
+        line += [_fmt(r["test_accuracy"].get(n), ".3f") for n in lengths]
+        lr = r["lr"] if isinstance(r["lr"], list) else [r["lr"]]
+        line += [
+            f"{r['params']:,}",
+            str(r["d_model"]),
+            _state(r["state_floats"]),
+            _fmt(r["tokens_per_s"], ",.0f"),
+            _fmt(r["seconds"], ".1f"),
+            ",".join(f"{x:g}" for x in lr),
+            _fmt(r["steps"], ".0f"),
+        ]
+        body.append(line)
+    return head, body
+
+
+def direction(entry: dict[str, Any]) -> str:
+    return "higher is better" if entry["higher_is_better"] else "lower is better"
+
+
+def to_markdown(board: dict[str, Any], options: dict[str, Any]) -> str:
+    """One ranked table per task."""
+    lines = [
+        f"# statewise arena: {options.get('suite', 'custom')}",
+        "",
+        f"Parameter budget {options['params']:,} per model; "
+        + (
+            f"{options['budget_s']:g} s of training per cell (lr sweep included)"
+            if options.get("steps") is None
+            else f"{options['steps']} steps per learning rate"
+        )
+        + f"; seeds {options['seeds']}. state = floats per sequence; seconds = the whole "
+        "cell (sweep and evaluation).",
+    ]
+    for task, entry in board.items():
+        head, body = table(task, entry)
+        lines += ["", f"## {task}: {entry['metric']} ({direction(entry)})", ""]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join("---" for _ in head) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"

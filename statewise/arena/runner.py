@@ -1,0 +1,340 @@
+"""One arena cell (a layer trained on a task with one seed, its lr sweep included) and the
+loop over all cells, which skips cells whose result file already exists (resume).
+
+Training reuses ``statewise.fit.train_loop`` (AdamW, warm-up + cosine, clipping, a step
+count and a wall-clock budget), the metrics ``statewise.train.evaluate``. With a time
+budget the step count of a run is planned from one timed step, so the cosine schedule
+ends when the budget does; the budget also stops the run if the plan was optimistic.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from statewise.arena.budget import match_d_model, model_state_floats
+from statewise.arena.suites import Suite, TaskSpec
+from statewise.fit import train_loop
+from statewise.models import ModelConfig, build_model
+from statewise.tasks.config import DataConfig, build_task
+from statewise.train.evaluate import evaluate, token_loss
+
+WEIGHT_DECAY = 0.1
+TEST_BATCHES = 2  # batches per test length
+CURVE_POINTS = 100  # loss-curve points kept per cell
+FEW_STEPS = 50  # below this a time-budgeted run has not learned much: say so
+FEW_STEPS_NOTE = "; few steps fit the budget: a busy machine or a small --budget-s"
+METRICS = ("accuracy", "bits_per_char")  # the task metrics the arena knows how to rank
+
+
+def cell_name(task: str, layer: str, seed: int) -> str:
+    return f"{task}__{layer}__seed{seed}"
+
+
+def cell_settings(
+    suite: Suite, spec: TaskSpec, layer: str, seed: int, budget_s: float | None, steps: int | None
+) -> dict[str, Any]:
+    """Everything that decides a cell's result; a stored result is reused only if equal."""
+    from statewise.layers import info
+
+    return {
+        "task": spec.name,
+        "data": dict(spec.data),
+        "test_lengths": list(spec.test_lengths),
+        "headline": spec.headline,
+        "layer": layer,
+        "seed": seed,
+        "params_budget": suite.params,
+        "budget_s": budget_s,
+        "steps": steps,
+        "lrs": list(suite.lrs_for(info(layer).family)),
+        "n_layers": suite.n_layers,
+        "batch_size": suite.batch_size,
+        "eval_batches": suite.eval_batches,
+    }
+
+
+class _Batches:
+    """Fixed batches behind the ``eval_batches`` interface ``evaluate`` reads."""
+
+    def __init__(self, batches: list, metric: str) -> None:
+        self.batches, self.metric = batches, metric
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list:
+        return self.batches
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _curve(history: list[dict[str, float]]) -> list[list[float]]:
+    """[step, seconds, mean loss] over up to CURVE_POINTS equal bins of the steps."""
+    size = max(1, math.ceil(len(history) / CURVE_POINTS))
+    out = []
+    for i in range(0, len(history), size):
+        part = history[i : i + size]
+        loss = sum(h["loss"] for h in part) / len(part)
+        out.append([part[-1]["step"], round(part[-1]["time_s"], 3), _finite(loss)])
+    return out
+
+
+def _train_run(
+    config: ModelConfig,
+    task: Any,
+    lr: float,
+    seed: int,
+    suite: Suite,
+    budget_s: float | None,
+    steps: int | None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one model at one learning rate; returns it and its validation record."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    batch = suite.batch_size
+    counter = {"step": 0, "tokens": 0}
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        inputs, targets = task.train_batch(counter["step"], batch)
+        counter["step"] += 1
+        counter["tokens"] += inputs.numel()
+        return token_loss(model(inputs), targets)
+
+    total = steps if steps is not None else _plan_steps(model, task, batch, budget_s)
+    history: list[dict[str, float]] = []
+    train_loop(
+        model,
+        loss_fn,
+        batch * total,  # one "epoch" is the whole run: no validation until the end
+        batch_size=batch,
+        lr=lr,
+        weight_decay=WEIGHT_DECAY,
+        seed=seed,
+        total=total,
+        budget_s=None if steps is not None else budget_s,
+        progress=False,
+        history=history,
+    )
+    seconds = history[-1]["time_s"] if history else 0.0
+    record = {
+        "lr": lr,
+        "steps": counter["step"],
+        "tokens": counter["tokens"],
+        "train_seconds": round(seconds, 3),
+        "tokens_per_s": round(counter["tokens"] / max(seconds, 1e-9), 1),
+        **{k: _finite(v) for k, v in evaluate(model, task, batch, suite.eval_batches).items()},
+        "loss_curve": _curve(history),
+    }
+    return model, record
+
+
+def _plan_steps(model: torch.nn.Module, task: Any, batch: int, budget_s: float) -> int:
+    """Steps that fit ``budget_s``: one untimed forward/backward (kernels compile), one
+    timed; the optimizer step is not in the probe, the budget stops an optimistic plan."""
+    inputs, targets = task.train_batch(0, batch)
+    token_loss(model(inputs), targets).backward()
+    start = time.perf_counter()
+    token_loss(model(inputs), targets).backward()
+    elapsed = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return max(1, int(budget_s / max(elapsed, 1e-6)))
+
+
+def _better(a: dict[str, Any], b: dict[str, Any], metric: str) -> bool:
+    """Is run ``a`` better than ``b`` on validation (accuracy, then loss; or loss)?"""
+
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        loss = r["val_loss"] if r["val_loss"] is not None else math.inf
+        acc = r.get("val_accuracy") or 0.0
+        return (-acc, loss) if metric == "accuracy" else (loss, 0.0)
+
+    return key(a) < key(b)
+
+
+def run_cell(
+    suite: Suite, spec: TaskSpec, layer: str, seed: int, budget_s: float | None, steps: int | None
+) -> dict[str, Any]:
+    """Match the parameter budget, sweep the learning rates (each gets budget_s / n or
+    ``steps``), keep the best on validation, evaluate it at the test lengths."""
+    from statewise.layers import info
+
+    start = time.perf_counter()
+    settings = cell_settings(suite, spec, layer, seed, budget_s, steps)
+    task = checked_task(spec, seed)
+    metric = task.metric
+    base = ModelConfig(layer=layer, n_layers=suite.n_layers, vocab_size=task.vocab_size)
+    d_model, params = match_d_model(base, suite.params)
+    config = replace(base, d_model=d_model)
+    seq_len = task.train_batch(0, 1)[0].shape[1]
+    lrs = settings["lrs"]
+    share = None if budget_s is None else budget_s / len(lrs)
+    best_model, best, sweep = None, None, []
+    for lr in lrs:
+        model, record = _train_run(config, task, lr, seed, suite, share, steps)
+        sweep.append(record)
+        if best is None or _better(record, best, metric):
+            best_model, best = model, record
+    tests = {}
+    for length in spec.test_lengths:
+        batches = task.test_batches(suite.batch_size, TEST_BATCHES, length)
+        result = evaluate(best_model, _Batches(batches, metric), suite.batch_size, TEST_BATCHES)
+        tests[str(length)] = result["val_accuracy"]
+    if metric == "accuracy":
+        higher = True
+        if spec.headline == "test" and tests:
+            name, value = "test_accuracy", sum(tests.values()) / len(tests)
+        else:
+            name, value = "val_accuracy", best["val_accuracy"]
+    else:
+        higher, name, value = False, "val_loss_nats", best["val_loss"]
+    return {
+        "task": spec.name,
+        "layer": layer,
+        "seed": seed,
+        "family": info(layer).family,
+        "metric": name,
+        "value": _finite(value),
+        "higher_is_better": higher,
+        "params": params,
+        "d_model": d_model,
+        "state_floats": model_state_floats(config, seq_len),
+        "lr": best["lr"],
+        "steps": best["steps"],
+        "tokens": best["tokens"],
+        "tokens_per_s": best["tokens_per_s"],
+        "train_seconds": best["train_seconds"],
+        "seconds": round(time.perf_counter() - start, 3),
+        "val_loss": best["val_loss"],
+        "val_accuracy": best.get("val_accuracy"),
+        "val_bits_per_char": best.get("val_bits_per_char"),
+        "test_accuracy": tests,
+        "sweep": [{k: v for k, v in r.items() if k != "loss_curve"} for r in sweep],
+        "loss_curve": best["loss_curve"],
+        "model": asdict(config),
+        "settings": settings,
+    }
+
+
+def checked_task(spec: TaskSpec, seed: int) -> Any:
+    """The task of ``spec``; ValueError if it is not a token task the arena can rank."""
+    task = _task(json.dumps(spec.data, sort_keys=True), seed)
+    metric = getattr(task, "metric", None)
+    if metric not in METRICS or not hasattr(task, "train_batch"):
+        raise ValueError(
+            f"statewise arena: task {spec.name!r} reports {metric!r}; the arena ranks token "
+            f"tasks with metrics {', '.join(METRICS)}"
+        )
+    return task
+
+
+@functools.lru_cache(maxsize=16)
+def _task(data: str, seed: int) -> Any:
+    """The task of a JSON DataConfig and seed, built once for all the layers of a task
+    (reading the built-in corpus takes a while); tasks are not changed by training."""
+    return build_task(DataConfig(**json.loads(data)), seed)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a temporary sibling, fsynced, renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
+def run_cells(
+    suite: Suite,
+    specs: list[TaskSpec],
+    layers: list[str],
+    seeds: int,
+    budget_s: float | None,
+    steps: int | None,
+    out: Path,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every (task, layer, seed) cell; a cell whose result file OUT/cells/<name>.json holds
+    the same settings is read, not trained again. Returns the results in cell order."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    for spec in specs:  # refuse a task the arena cannot rank before training anything
+        checked_task(spec, 0)
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    cells = [(spec, layer, seed) for spec in specs for layer in layers for seed in range(seeds)]
+    results, trained_times, start = [], [], time.perf_counter()
+    guess = (budget_s if budget_s is not None else 10.0) + 5.0  # before any cell has run
+    for i, (spec, layer, seed) in enumerate(cells, 1):
+        name = cell_name(spec.name, layer, seed)
+        path = cells_dir / f"{name}.json"
+        settings = cell_settings(suite, spec, layer, seed, budget_s, steps)
+        tag = f"[{i}/{len(cells)}] {spec.name} {layer} seed {seed}"
+        if path.exists():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("settings") != settings:
+                raise ValueError(
+                    f"statewise arena: {path} holds a result made with other settings; "
+                    "rerun the same command, or choose another --out"
+                )
+            results.append(stored)
+            log(f"{tag}: done before, skipped")
+            continue
+        per_cell = sum(trained_times) / len(trained_times) if trained_times else guess
+        to_train = sum(1 for s, la, se in cells[i - 1 :] if not _done(cells_dir, s, la, se))
+        log(
+            f"{tag}: training ({_clock(time.perf_counter() - start)} elapsed, "
+            f"~{_clock(per_cell * to_train)} left)"
+        )
+        began = time.perf_counter()
+        try:
+            result = run_cell(suite, spec, layer, seed, budget_s, steps)
+        except (RuntimeError, FloatingPointError) as err:  # the layer failed: shown, retried
+            results.append(_failed(spec.name, layer, seed, err))
+            log(f"{tag}: failed ({err}); not stored, a rerun tries it again")
+            trained_times.append(time.perf_counter() - began)
+            continue
+        write_json(path, result)
+        trained_times.append(result["seconds"])
+        results.append(result)
+        value = "n/a" if result["value"] is None else f"{result['value']:.4f}"
+        log(
+            f"{tag}: {result['metric']} {value} in {result['seconds']:.1f} s "
+            f"(d_model {result['d_model']}, {result['params']:,} params, lr {result['lr']:g}, "
+            f"{result['steps']} steps)"
+            + (FEW_STEPS_NOTE if steps is None and result["steps"] < FEW_STEPS else "")
+        )
+    return results
+
+
+def _done(cells_dir: Path, spec: TaskSpec, layer: str, seed: int) -> bool:
+    return (cells_dir / f"{cell_name(spec.name, layer, seed)}.json").exists()
+
+
+def _failed(task: str, layer: str, seed: int, err: Exception) -> dict[str, Any]:
+    from statewise.layers import info
+
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return {
+        "task": task,
+        "layer": layer,
+        "seed": seed,
+        "family": info(layer).family,
+        "value": None,
+        "error": message,
+    }

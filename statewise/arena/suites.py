@@ -1,0 +1,142 @@
+"""What an arena runs: the tasks (with their settings and test lengths) and the suites.
+
+A suite names the layers, the tasks, the parameter budget every model is matched to, the
+wall-clock training budget of one cell (one layer on one task with one seed, the whole
+learning-rate sweep included), and the learning rates of the sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+STATE_TRACKING_TESTS = (41, 64, 128, 256)  # trained on 1 .. 40 symbols
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of the arena.
+
+    data: DataConfig fields (``task`` included). test_lengths: lengths the trained model is
+    also evaluated at (the task's ``test_batches``). headline: "test" makes the mean
+    accuracy over test_lengths the task's metric (state tracking: can it extrapolate);
+    "val" uses the validation split at the training length.
+    """
+
+    name: str
+    data: dict[str, Any]
+    test_lengths: tuple[int, ...] = ()
+    headline: str = "val"
+
+
+def _state_tracking(name: str) -> TaskSpec:
+    return TaskSpec(name, {"task": name, "train_max_len": 40}, STATE_TRACKING_TESTS, "test")
+
+
+# the Zoology setting: length 64, vocabulary 128, 4 key-value pairs
+TASK_SPECS: dict[str, TaskSpec] = {
+    "mqar": TaskSpec("mqar", {"task": "mqar", "seq_len": 64, "vocab_size": 128, "n_pairs": 4}),
+    **{n: _state_tracking(n) for n in ("parity", "mod_arith", "cycle_nav", "even_pairs")},
+    "mod_arith_brackets": _state_tracking("mod_arith_brackets"),
+    "selective_copy": TaskSpec(
+        "selective_copy", {"task": "selective_copy", "seq_len": 128, "vocab_size": 16}
+    ),
+    "induction_heads": TaskSpec(
+        "induction_heads",
+        {"task": "induction_heads", "seq_len": 64, "vocab_size": 16},
+        (64, 128, 256, 512, 1024),
+    ),
+    "char_lm": TaskSpec("char_lm", {"task": "char_lm", "seq_len": 128}),
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The arena's settings for ``name``; a task it has no settings for runs with
+    DataConfig's defaults (so tasks added to ``statewise.tasks`` work at once)."""
+    from statewise.tasks.config import TASKS
+
+    if name in TASK_SPECS:
+        return TASK_SPECS[name]
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from: {', '.join(known_tasks())}")
+    return TaskSpec(name, {"task": name})
+
+
+def known_tasks() -> list[str]:
+    from statewise.tasks.config import TASKS
+
+    return list(dict.fromkeys([*TASK_SPECS, *TASKS]))
+
+
+@dataclass(frozen=True)
+class Suite:
+    """layers, tasks; params: the parameter budget of every model (d_model is chosen per
+    layer to come closest); budget_s: training seconds per cell, shared by the lr sweep;
+    lrs: the learning rates tried per cell, per layer family (key "default" for the rest);
+    seeds: how many seeds (0 .. seeds-1)."""
+
+    name: str
+    layers: tuple[str, ...]
+    tasks: tuple[str, ...]
+    params: int
+    budget_s: float
+    lrs: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    seeds: int = 1
+    n_layers: int = 2
+    batch_size: int = 32
+    eval_batches: int = 4
+
+    def lrs_for(self, family: str) -> tuple[float, ...]:
+        return self.lrs.get(family, self.lrs["default"])
+
+
+QUICK_LAYERS = ("lstm", "mingru", "mamba", "retnet", "mlstm", "attention")
+SWEEP = {"default": (1e-3, 3e-3, 1e-2)}
+
+
+def _optional_tasks(*names: str) -> tuple[str, ...]:
+    from statewise.tasks.config import TASKS
+
+    return tuple(n for n in names if n in TASKS)
+
+
+def builtin_suites() -> dict[str, Suite]:
+    """quick: the README's 10-minute run; standard: every layer on the comparison tasks;
+    full: as standard, larger and longer, three seeds."""
+    from statewise.layers import names
+
+    standard_tasks = (
+        "mqar",
+        "parity",
+        "mod_arith",
+        "cycle_nav",
+        "selective_copy",
+        "induction_heads",
+        "char_lm",
+        *_optional_tasks("listops", "seq_class"),
+    )
+    return {
+        "quick": Suite(
+            "quick",
+            QUICK_LAYERS,
+            ("mqar", "parity", "char_lm"),
+            params=60_000,
+            budget_s=18.0,
+            # one learning rate per family, no sweep
+            lrs={"default": (3e-3,), "attention": (1e-3,)},
+        ),
+        "standard": Suite(
+            "standard", tuple(names()), standard_tasks, 100_000, 45.0, SWEEP, seeds=1
+        ),
+        "full": Suite(
+            "full",
+            tuple(names()),
+            standard_tasks,
+            400_000,
+            240.0,
+            {"default": (3e-4, 1e-3, 3e-3, 1e-2)},
+            seeds=3,
+            batch_size=64,
+            eval_batches=8,
+        ),
+    }

@@ -1,0 +1,156 @@
+"""The arena end to end on a tiny suite: outputs, resume, determinism, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from statewise.arena import run_arena
+
+STEPS = 3
+VOLATILE = ("seconds", "train_seconds", "tokens_per_s", "loss_curve", "sweep")
+
+
+def _run(suite, out, lines=None, **kwargs):
+    return run_arena(
+        suite, out, steps=STEPS, log=(lines if lines is not None else []).append, **kwargs
+    )
+
+
+def test_tiny_arena_writes_every_output(tiny_run):
+    tmp_path, report = tiny_run
+    for name in (
+        "leaderboard.md",
+        "leaderboard.json",
+        "index.html",
+        "loss_curves.png",
+        "mqar_state.png",
+        "length_generalisation.png",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == [
+        "mqar__gru__seed0.json",
+        "mqar__mingru__seed0.json",
+        "parity__gru__seed0.json",
+        "parity__mingru__seed0.json",
+    ]
+    stored = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert stored == json.loads(json.dumps(report))
+    assert set(stored["tasks"]) == {"mqar", "parity"}
+    parity = stored["tasks"]["parity"]
+    assert parity["metric"] == "test_accuracy" and parity["higher_is_better"]
+    for row in parity["rows"]:
+        assert set(row["test_accuracy"]) == {"7", "12"}
+        mean = sum(row["test_accuracy"].values()) / 2
+        assert row["value"] == pytest.approx(mean)
+        # tiny models: one width step of 8 changes the count by about 2x (closeness of the
+        # match is tested in test_budget.py)
+        assert 1_000 < row["params"] < 6_000 and row["d_model"] % 8 == 0
+        assert row["state_floats"] > 0 and row["tokens_per_s"] > 0
+    cells = {(c["task"], c["layer"]): c for c in stored["cells"]}
+    gru = cells["mqar", "gru"]  # "nonlinear" family: a sweep of two learning rates
+    assert [r["lr"] for r in gru["sweep"]] == [1e-3, 1e-2]
+    assert gru["lr"] in (1e-3, 1e-2) and gru["steps"] == STEPS
+    assert [r["lr"] for r in cells["mqar", "mingru"]["sweep"]] == [3e-3]
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "## mqar: val_accuracy (higher is better)" in md and "acc@12" in md
+    html = (tmp_path / "index.html").read_text()
+    assert '<img src="mqar_state.png"' in html and "<table>" in html
+
+
+def test_resume_skips_finished_cells_and_retrains_the_same(tiny_run, tiny_suite, tmp_path):
+    shutil.copytree(tiny_run[0], tmp_path, dirs_exist_ok=True)  # keeps the files' mtimes
+    cells = tmp_path / "cells"
+    before = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
+    removed = cells / "parity__mingru__seed0.json"
+    first = json.loads(removed.read_text())
+    removed.unlink()
+    lines: list[str] = []
+    _run(tiny_suite, tmp_path, lines)
+    assert sum("skipped" in line for line in lines) == 3
+    assert sum(": training (" in line for line in lines) == 1
+    assert [line for line in lines if ": training (" in line][0].startswith(
+        "[3/4] parity mingru seed 0"
+    )
+    after = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
+    assert {k: v for k, v in after.items() if k != removed.name} == {
+        k: v for k, v in before.items() if k != removed.name
+    }
+    again = json.loads(removed.read_text())  # seeds fix data and init: the same result
+    for key in set(first) - set(VOLATILE):
+        assert again[key] == first[key], key
+    assert [p[2] for p in again["loss_curve"]] == [p[2] for p in first["loss_curve"]]
+
+
+def test_resume_refuses_results_of_other_settings(tiny_suite, tmp_path):
+    _run(tiny_suite, tmp_path, layers=["mingru"], tasks=["mqar"])
+    with pytest.raises(ValueError, match="other settings"):
+        run_arena(
+            tiny_suite,
+            tmp_path,
+            steps=STEPS + 1,
+            layers=["mingru"],
+            tasks=["mqar"],
+            log=lambda line: None,
+        )
+
+
+def _assert_usage_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--layers", "mingru,nosuch"], ["unknown layer 'nosuch'", "mamba"]),
+        (["--tasks", "mqar,nosuch"], ["unknown task 'nosuch'", "parity"]),
+        (["--suite", "huge"], ["unknown suite 'huge'", "quick"]),
+        (["--budget-s", "-5"], ["--budget-s must be positive"]),
+        (["--seeds", "0"], ["--seeds must be positive"]),
+        (["--steps", "0"], ["--steps must be positive"]),
+        (["--layers", ","], ["--layers is empty"]),
+        (["--budget-s", "soon"], ["invalid float value"]),
+    ],
+)
+def test_bad_arguments_one_line_exit_2(arena_main, capsys, tmp_path, argv, words):
+    out = tmp_path / "out"
+    code = arena_main(["arena", *argv, "--out", str(out)])
+    _assert_usage_error(code, capsys.readouterr().err, *words)
+    assert not out.exists()
+
+
+def test_out_that_is_a_file(arena_main, capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    code = arena_main(["arena", "--out", str(tmp_path / "f")])
+    _assert_usage_error(code, capsys.readouterr().err, "is a file")
+
+
+def test_a_task_without_a_token_metric_is_refused_before_training(
+    tiny_suite, tmp_path, monkeypatch
+):
+    from statewise.arena import runner
+
+    class Forecast:
+        metric = "mse"
+
+    monkeypatch.setattr(runner, "_task", lambda data, seed: Forecast())
+    with pytest.raises(ValueError, match="reports 'mse'"):
+        _run(tiny_suite, tmp_path / "out")
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_time_budget_plans_steps(tiny_suite, tmp_path):
+    lines: list[str] = []
+    report = run_arena(
+        tiny_suite, tmp_path, layers=["mingru"], tasks=["mqar"], budget_s=0.5, log=lines.append
+    )
+    (cell,) = report["cells"]
+    assert cell["steps"] >= 1 and cell["settings"]["budget_s"] == 0.5
+    assert cell["settings"]["steps"] is None and report["options"]["budget_s"] == 0.5
+    assert len(lines) == 2 and "training (" in lines[0] and "val_accuracy" in lines[1]
