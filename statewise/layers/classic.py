@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from statewise.layers.base import SequenceMixer
+from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
 from statewise.ops.cells import GATES, Cell, CellWeights, cell_output, cell_step, run_cell
 from statewise.ops.tree import State
@@ -431,21 +432,37 @@ class _CellMixer(SequenceMixer):
     The cell has parameters ``weight_ih`` (G, D), ``weight_hh`` (G, H), ``bias_ih`` and
     ``bias_hh`` (G,) in torch.nn's layout (as in ``torch.nn.LSTMCell``); when hidden_size H
     differs from d_model, ``out_proj`` (a Linear H -> D) maps the output back to d_model.
+    With ``n_heads`` K > 1 the recurrence is head-wise (FlashRNN): ``weight_hh`` is
+    (K, G/K, H/K), one block per head, and the gate rows of ``weight_ih`` and the biases are
+    laid out head by head (head, gate, unit); see statewise.ops.cells.
     """
 
     modes = ("recurrent",)
     cell: Cell
 
-    def __init__(self, d_model: int, hidden_size: int | None = None, mode: str = "auto") -> None:
+    def __init__(
+        self,
+        d_model: int,
+        hidden_size: int | None = None,
+        n_heads: int = 1,
+        mode: str = "auto",
+    ) -> None:
         super().__init__(d_model, mode)
         if hidden_size is None:
             hidden_size = d_model
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
             raise ValueError(f"hidden_size must be a positive int or None, got {hidden_size!r}")
+        self.n_heads = positive_int("n_heads", n_heads)
+        if hidden_size % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide hidden_size={hidden_size}")
         self.hidden_size = hidden_size
+        self.head_dim = hidden_size // n_heads
         gate_size = GATES[self.cell] * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(gate_size, d_model))
-        self.weight_hh = nn.Parameter(torch.empty(gate_size, hidden_size))
+        if n_heads == 1:  # torch.nn's layout
+            self.weight_hh = nn.Parameter(torch.empty(gate_size, hidden_size))
+        else:  # one (G*d, d) block per head
+            self.weight_hh = nn.Parameter(torch.empty(n_heads, gate_size // n_heads, self.head_dim))
         self.bias_ih = nn.Parameter(torch.empty(gate_size))
         self.bias_hh = nn.Parameter(torch.empty(gate_size))
         self.out_proj = nn.Linear(hidden_size, d_model) if hidden_size != d_model else None
@@ -460,7 +477,8 @@ class _CellMixer(SequenceMixer):
             self.out_proj.reset_parameters()
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, hidden_size={self.hidden_size}, mode={self.mode!r}"
+        heads = f", n_heads={self.n_heads}" if self.n_heads != 1 else ""
+        return f"d_model={self.d_model}, hidden_size={self.hidden_size}{heads}, mode={self.mode!r}"
 
     def _weights(self) -> CellWeights:
         return CellWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)

@@ -22,9 +22,12 @@ channel); it keeps n_t >= 1 from the first token on, so h_t = o c / n never divi
 number that underflowed.
 
 The input projections of all T steps are ONE GEMM (W: 4D x D, dense; the xlstm package uses
-block-diagonal "headwise" input projections, a special case); the recurrence is a loop over
-time, one batched matmul (baddbmm over heads) and a few elementwise ops per step. Masked
-steps (mask False) carry (h, c, n, m) through unchanged.
+block-diagonal "headwise" input projections, a special case); the recurrence is then either
+the fused numba kernel of statewise.kernels.cells (backend "numba", CPU, float32/64: per
+step and (head, batch rows) the d x 4d matvec and the update, with a hand-written BPTT
+backward), or its twin here: a loop over time, one batched matmul (baddbmm over heads) and
+a few elementwise ops per step, differentiated by autograd. Masked steps (mask False) carry
+(h, c, n, m) through unchanged.
 
 What of the xLSTM sLSTM block is here: the sLSTM layer (cell + per-head norm). The block's
 optional causal conv (feeding i and f) and its gated MLP (factor 4/3) are left out: the
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise import kernels
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int, positive_number
 from statewise.layers.registry import register
@@ -168,6 +172,23 @@ class SLSTM(SequenceMixer):
         wx = self.in_proj(x).view(batch, seq_len, 4, self.n_heads, self.head_dim)
         return wx.permute(1, 3, 0, 2, 4).reshape(seq_len, self.n_heads, batch, 4 * self.head_dim)
 
+    def _kernel(
+        self, x: torch.Tensor, state: dict, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict]:
+        """The numba kernel's path: returns h (B*T, D) and the final state."""
+        from statewise.kernels.cells import fused_recurrence
+
+        batch, seq_len, _ = x.shape
+        heads, d = self.n_heads, self.head_dim
+        wx = self.in_proj(x).view(batch, seq_len, 4, heads, d).transpose(2, 3)
+        weight = self.recurrent_weight.transpose(0, 1).reshape(heads, 4 * d, d)
+        leaves = tuple(state[key].reshape(batch, heads, d) for key in _STATE_KEYS)
+        h, final = fused_recurrence(
+            "slstm", wx.reshape(batch, seq_len, heads, 4 * d), weight, None, leaves, mask
+        )
+        final_state = {key: v.reshape(batch, self.d_model) for key, v in zip(_STATE_KEYS, final)}
+        return h.reshape(batch * seq_len, self.d_model), final_state
+
     # ---------------------------------------------------------- contract
     def _forward(
         self, x: torch.Tensor, state: dict, mask: torch.Tensor | None, mode: str
@@ -175,9 +196,16 @@ class SLSTM(SequenceMixer):
         batch, seq_len, _ = x.shape
         if seq_len == 0:
             return x.new_zeros(x.shape), state
-        hs, state = self._loop(self._input_terms(x), state, mask)
-        h = torch.stack(hs, dim=0)  # (T, H, B, d)
-        h = h.permute(2, 0, 1, 3).reshape(batch * seq_len, self.d_model)
+        if (
+            kernels.current(faster_only=True) == "numba"  # slower than the loop here
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+        ):
+            h, state = self._kernel(x, state, mask)
+        else:
+            hs, state = self._loop(self._input_terms(x), state, mask)
+            h = torch.stack(hs, dim=0)  # (T, H, B, d)
+            h = h.permute(2, 0, 1, 3).reshape(batch * seq_len, self.d_model)
         return self._norm(h).view(batch, seq_len, self.d_model), state
 
     def _step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:

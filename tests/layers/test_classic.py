@@ -346,3 +346,17 @@ def test_mixers_registry_entries():
         assert L.get(name, d_model=16, hidden_size=4).state_size == factor * 4
     with pytest.raises(ValueError, match="hidden_size"):
         L.get("gru", d_model=8, hidden_size=0)
+
+
+def test_mixer_heads_shapes_and_checks():
+    """n_heads > 1: one (G*d, d) recurrent block per head; n_heads must divide hidden_size."""
+    for name, gates in (("lstm", 4), ("gru", 3), ("rnn", 1)):
+        layer = L.get(name, d_model=12, n_heads=3)
+        assert layer.weight_hh.shape == (3, gates * 4, 4)
+        assert layer.weight_ih.shape == (gates * 12, 12)
+        y, _ = layer(torch.randn(2, 5, 12))
+        assert y.shape == (2, 5, 12)
+        with pytest.raises(ValueError, match="n_heads"):
+            L.get(name, d_model=12, n_heads=5)
+        with pytest.raises(ValueError, match="n_heads"):
+            L.get(name, d_model=12, n_heads=0)
