@@ -3,6 +3,7 @@
 from statewise.tasks.base import IGNORE, Batch, Task
 from statewise.tasks.config import DataConfig, build_task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
+from statewise.tasks.labelled import AnswerAtEnd, LabelledSplit
 from statewise.tasks.long_range import Adding, Passkey
 from statewise.tasks.mqar import MQAR
 from statewise.tasks.state_tracking import CycleNav, EvenPairs, ModArith, Parity
@@ -13,6 +14,7 @@ __all__ = [
     "IGNORE",
     "MQAR",
     "Adding",
+    "AnswerAtEnd",
     "CycleNav",
     "EvenPairs",
     "InductionHeads",
@@ -24,6 +26,7 @@ __all__ = [
     "ByteTokenizer",
     "CharLM",
     "DataConfig",
+    "LabelledSplit",
     "Task",
     "build_task",
     "builtin_corpus",

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from statewise.tasks.base import Task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
+from statewise.tasks.labelled import AnswerAtEnd
+from statewise.tasks.listops import N_CLASSES, VOCAB, listops
 from statewise.tasks.long_range import Adding, Passkey
 from statewise.tasks.mqar import MQAR
+from statewise.tasks.seq_class import PIXEL_VOCAB, digits
 from statewise.tasks.state_tracking import CycleNav, EvenPairs, ModArith, Parity
 from statewise.tasks.text import CharLM, builtin_corpus, read_text
 
@@ -20,7 +23,10 @@ TASKS = (
     *STATE_TRACKING,
     "adding",
     "passkey",
+    "listops",
+    "seq_class",
 )
+DATASETS = ("digits",)
 
 
 @dataclass
@@ -42,6 +48,17 @@ class DataConfig:
     modulus: mod_arith's ring Z_modulus and cycle_nav's cycle length.
     n_levels: adding's quantisation, numbers k / (n_levels - 1) for k in 0 .. n_levels-1.
     n_digits: passkey's key length.
+
+    Classification as language modelling (tasks.labelled.AnswerAtEnd: the sequence, a query
+    token, and the label's answer token as the only target):
+    "listops" (tasks.listops, generated from the seed; seq_len is the longest expression in
+    tokens): n_train, n_val, n_test expressions, distinct across splits, of depth <=
+    max_depth, 2 .. max_args arguments per operator, a nested operator with probability
+    p_operator, and at least min_length tokens. Model vocabulary >= 27 (16 + query + 10).
+    "seq_class" (tasks.seq_class): dataset "digits" (scikit-learn's 8 x 8 digits, read from
+    the installed package) pixel by pixel, 64 tokens of 17 grey levels; a split of the
+    1797 images from the seed with val_fraction and test_fraction. Model vocabulary >= 29
+    (18 + query + 10).
     """
 
     task: str = "char_lm"
@@ -56,6 +73,15 @@ class DataConfig:
     modulus: int = 5
     n_levels: int = 10
     n_digits: int = 5
+    n_train: int = 10_000
+    n_val: int = 500
+    n_test: int = 1_000
+    max_depth: int = 4
+    max_args: int = 5
+    p_operator: float = 0.25
+    min_length: int = 1
+    dataset: str = "digits"
+    test_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -70,9 +96,23 @@ class DataConfig:
             ("modulus", 2),
             ("n_levels", 2),
             ("n_digits", 1),
+            ("n_train", 1),
+            ("n_val", 1),
+            ("n_test", 1),
+            ("max_depth", 1),
+            ("max_args", 2),
+            ("min_length", 1),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0.0 <= self.p_operator < 1.0:
+            raise ValueError(f"data.p_operator must be in [0, 1), got {self.p_operator}")
+        if self.task == "seq_class" and not 0.0 < self.test_fraction < 1.0 - self.val_fraction:
+            raise ValueError(
+                f"data.test_fraction must be in (0, 1 - val_fraction), got {self.test_fraction}"
+            )
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
 
 
 def build_task(config: DataConfig, seed: int) -> Task:
@@ -88,6 +128,11 @@ def build_task(config: DataConfig, seed: int) -> Task:
         return Adding(config.seq_len, config.n_levels, seed)
     if config.task == "passkey":
         return Passkey(config.seq_len, config.n_digits, seed)
+    if config.task == "listops":
+        return _listops(config, seed)
+    if config.task == "seq_class":
+        splits = digits(seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+        return AnswerAtEnd(splits, PIXEL_VOCAB, N_CLASSES, seed)
     text = read_text(config.path) if config.path else builtin_corpus()
     return CharLM(text, config.seq_len, config.val_fraction, seed)
 
@@ -101,3 +146,22 @@ def _state_tracking(config: DataConfig, seed: int) -> Task:
         return CycleNav(config.train_max_len, config.modulus, seed)
     brackets = config.task == "mod_arith_brackets"
     return ModArith(config.train_max_len, config.modulus, brackets, seed)
+
+
+def _listops(config: DataConfig, seed: int) -> AnswerAtEnd:
+    if config.seq_len < 4:
+        raise ValueError(
+            f"data.seq_len (the longest expression) must be >= 4, got {config.seq_len}"
+        )
+    splits = listops(
+        config.n_train,
+        config.n_val,
+        config.n_test,
+        seed=seed,
+        max_depth=config.max_depth,
+        max_args=config.max_args,
+        max_length=config.seq_len,
+        p_operator=config.p_operator,
+        min_length=config.min_length,
+    )
+    return AnswerAtEnd(splits, len(VOCAB), N_CLASSES, seed)

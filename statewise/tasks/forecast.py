@@ -1,4 +1,14 @@
-"""Time-series forecasting data: CSV reading, splits, windows, metrics and two baselines.
+"""Time-series forecasting data: CSV reading, a built-in series, splits, windows, metrics and
+two baselines.
+
+Built-in series (``builtin_series(name)``, read from a file an installed wheel ships, no
+network):
+    "co2"   Mauna Loa atmospheric CO2 (ppm), weekly from 1958-03-29 to 2001-12-29, 2284 rows,
+            from statsmodels/datasets/co2/co2.csv (statsmodels is not imported, only its
+            file is read; without statsmodels installed the error names ``pip install
+            statsmodels``). 59 weeks have no value; they are filled by linear interpolation
+            between the nearest observed weeks (the rows are evenly spaced, 7 days apart).
+            Seasonal period: 52 rows (``BUILTIN_PERIODS``). The 70/10/20 % split applies.
 
 Split (``split_rows``): a file with >= 14400 rows uses the ETT convention of Informer
 (Zhou et al. 2021) and S4: 12 months of hourly rows for training, the next 4 for
@@ -35,8 +45,12 @@ from pathlib import Path
 
 import torch
 
+from statewise.tasks.packaged import package_file
+
 ETT_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)  # 8640, 2880, 2880
 FRACTIONS = (0.7, 0.1, 0.2)
+BUILTIN = {"co2": ("statsmodels", "datasets/co2/co2.csv", "statsmodels")}
+BUILTIN_PERIODS = {"co2": 52}
 
 
 def read_csv(
@@ -62,6 +76,34 @@ def read_csv(
     if not rows:
         raise ValueError(f"{path} has no data rows")
     return torch.tensor(rows, dtype=torch.float64), list(columns)
+
+
+def builtin_series(name: str) -> torch.Tensor:
+    """A built-in series (see the module doc) as float64 (rows, 1), gaps interpolated."""
+    if name not in BUILTIN:
+        raise ValueError(
+            f"unknown built-in series {name!r}; the built-in series are {list(BUILTIN)}"
+        )
+    package, relative, pip_name = BUILTIN[name]
+    with open(package_file(package, relative, pip_name), newline="", encoding="utf-8") as f:
+        values = [float(row[name]) if row[name] else float("nan") for row in csv.DictReader(f)]
+    return interpolate_gaps(torch.tensor(values, dtype=torch.float64))[:, None]
+
+
+def interpolate_gaps(x: torch.Tensor) -> torch.Tensor:
+    """Fill the NaNs of an evenly spaced 1-d series by linear interpolation between the nearest
+    observed neighbours; NaNs before the first or after the last observation take its value."""
+    known = torch.nonzero(~torch.isnan(x)).flatten()
+    if known.numel() == 0:
+        raise ValueError("the series has no observed values")
+    if known.numel() == 1:
+        return torch.full_like(x, float(x[known[0]]))
+    t = torch.arange(x.shape[0])
+    right = torch.searchsorted(known, t).clamp(1, known.numel() - 1)
+    t0, t1 = known[right - 1], known[right]
+    w = ((t - t0).double() / (t1 - t0).double()).clamp(0, 1)
+    out = x[t0] * (1 - w) + x[t1] * w
+    return torch.where(torch.isnan(x), out.to(x.dtype), x)
 
 
 def split_rows(n: int) -> tuple[int, int, int]:
@@ -104,11 +146,21 @@ def load_splits(
     path: str | Path, target: str | None = "OT", columns: list[str] | None = None
 ) -> Splits:
     """Read, split and normalise a CSV (univariate ``target`` by default)."""
-    data, names = read_csv(path, columns, target)
+    return split_series(*read_csv(path, columns, target))
+
+
+def split_series(data: torch.Tensor, columns: list[str]) -> Splits:
+    """Split and normalise a series (rows, C), e.g. ``split_series(builtin_series("co2"),
+    ["co2"])``."""
+    if data.dim() != 2 or data.shape[1] != len(columns):
+        raise ValueError(
+            f"data must have shape (rows, {len(columns)}) for columns {columns}, "
+            f"got {tuple(data.shape)}"
+        )
     n_train, n_val, n_test = split_rows(data.shape[0])
     borders = (0, n_train, n_train + n_val, n_train + n_val + n_test)
     mean, std = train_statistics(data[:n_train])
-    return Splits((data - mean) / std, mean, std, borders, names)
+    return Splits((data - mean) / std, mean, std, borders, list(columns))
 
 
 def train_statistics(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,9 +22,10 @@ here (depth 4, at most 64 tokens) are small enough to train on a CPU.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
+
+from statewise.tasks.labelled import LabelledSplit
 
 PAD = 0
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -33,19 +34,7 @@ TOKEN_ID = {token: i for i, token in enumerate(VOCAB)}
 N_CLASSES = 10
 
 Tree = int | tuple  # a digit, or (operator, [sub-trees])
-
-
-@dataclass
-class ListOpsSplit:
-    """x (N, max_length) int64 token ids right-padded with PAD, y (N,) labels 0-9,
-    lengths (N,) the real tokens per row."""
-
-    x: np.ndarray
-    y: np.ndarray
-    lengths: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.y)
+ListOpsSplit = LabelledSplit  # x (N, max_length) ids, y (N,) labels 0-9, lengths (N,)
 
 
 def apply(op: str, args: list[int]) -> int:
@@ -110,10 +99,12 @@ def listops(
     max_args: int = 5,
     max_length: int = 64,
     p_operator: float = 0.25,
+    min_length: int = 1,
 ) -> dict[str, ListOpsSplit]:
     """Train/val/test splits of distinct expressions (no expression appears twice, within or
-    across splits) of depth <= max_depth and at most max_length tokens; the same arguments
-    give the same arrays."""
+    across splits) of depth <= max_depth and min_length .. max_length tokens (shorter and
+    longer draws are rejected, as the LRA generator does); the same arguments give the same
+    arrays."""
     for name, v, low in (
         ("n_train", n_train, 0),
         ("n_val", n_val, 0),
@@ -121,11 +112,14 @@ def listops(
         ("max_depth", max_depth, 1),
         ("max_args", max_args, 2),
         ("max_length", max_length, 4),
+        ("min_length", min_length, 1),
     ):
         if not isinstance(v, int) or v < low:
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     if not 0.0 <= p_operator < 1.0:
         raise ValueError(f"p_operator must be in [0, 1), got {p_operator!r}")
+    if min_length > max_length:
+        raise ValueError(f"min_length {min_length} is larger than max_length {max_length}")
     rng = random.Random(seed)
     seen: set[tuple[str, ...]] = set()
     sizes = {"train": n_train, "val": n_val, "test": n_test}
@@ -137,11 +131,11 @@ def listops(
             if attempts > 100 * n + 10_000:
                 raise ValueError(
                     f"could not draw {n} distinct expressions for {split!r}: "
-                    "raise max_length / max_depth / max_args or ask for fewer"
+                    "raise max_length / max_depth / max_args, lower min_length or ask for fewer"
                 )
             tree = random_tree(rng, max_depth, min(max_args, max_length - 2), p_operator)
             toks = tuple(tokens(tree))
-            if len(toks) > max_length or toks in seen:
+            if not min_length <= len(toks) <= max_length or toks in seen:
                 continue
             seen.add(toks)
             rows.append(encode(list(toks)))

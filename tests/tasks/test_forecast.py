@@ -1,13 +1,18 @@
 """Forecasting data: CSV reading, splits, windows, normalisation, metrics and baselines."""
 
+import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from statewise.tasks.forecast import (
+    BUILTIN_PERIODS,
     baselines,
+    builtin_series,
     fit_ridge,
+    interpolate_gaps,
     load_splits,
     mae,
     mse,
@@ -15,6 +20,7 @@ from statewise.tasks.forecast import (
     ridge_predict,
     seasonal_naive,
     split_rows,
+    split_series,
     windows,
 )
 
@@ -120,3 +126,54 @@ def test_etth1_split():
     assert splits.columns == ["OT"]
     multi = load_splits(ETTH1, target=None)
     assert multi.columns == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+
+
+def test_interpolate_gaps_by_hand():
+    nan = float("nan")
+    x = torch.tensor([nan, 1.0, nan, nan, 4.0, nan], dtype=torch.float64)
+    assert interpolate_gaps(x).tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    assert interpolate_gaps(torch.tensor([nan, 2.0, nan])).tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="no observed"):
+        interpolate_gaps(torch.tensor([nan, nan]))
+
+
+def test_co2_matches_statsmodels_with_numpy_interpolation():
+    datasets = pytest.importorskip("statsmodels.datasets")
+    frame = datasets.co2.load_pandas().data  # statsmodels' own loader of the same file
+    raw = frame["co2"].to_numpy()
+    known = ~np.isnan(raw)
+    t = np.arange(len(raw))
+    expected = np.interp(t, t[known], raw[known])
+    series = builtin_series("co2")
+    assert series.shape == (2284, 1) and series.dtype == torch.float64
+    assert int((~known).sum()) == 59
+    np.testing.assert_allclose(series[:, 0].numpy(), expected, rtol=0, atol=1e-12)
+    assert (np.diff(frame.index.to_numpy()).astype("timedelta64[D]") == 7).all()  # evenly spaced
+
+
+def test_co2_splits_baselines_and_forecaster():
+    series = builtin_series("co2")
+    splits = split_series(series, ["co2"])
+    assert splits.borders == (0, 1598, 1826, 2284) and splits.columns == ["co2"]
+    result = baselines(splits, input_len=104, horizon=13, period=BUILTIN_PERIODS["co2"])
+    assert result["ridge"]["mse"] < result["seasonal_naive"]["mse"] < 0.1
+    from statewise import Forecaster
+
+    f = Forecaster("lru", input_len=32, horizon=4, d_model=8, n_layers=1)
+    f.fit(series[:600], max_steps=3, progress=False)
+    assert f.predict(series[-32:]).shape == (4, 1)
+    with pytest.raises(ValueError, match="shape"):
+        split_series(series, ["a", "b"])
+
+
+def test_builtin_errors(monkeypatch):
+    with pytest.raises(ValueError, match="co2"):
+        builtin_series("sunspots")
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "statsmodels" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ImportError, match="pip install statsmodels"):
+        builtin_series("co2")

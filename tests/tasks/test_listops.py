@@ -86,3 +86,11 @@ def test_errors():
         listops(10, 1, 1, max_depth=0)
     with pytest.raises(ValueError, match="distinct expressions"):
         listops(500, 0, 0, max_depth=1, max_args=2, max_length=4)
+
+
+def test_min_length_rejects_short_expressions():
+    data = listops(100, 10, 10, seed=0, max_depth=5, max_args=6, max_length=96, min_length=20)
+    for split in data.values():
+        assert split.lengths.min() >= 20 and split.lengths.max() <= 96
+    with pytest.raises(ValueError, match="min_length"):
+        listops(10, 1, 1, max_length=8, min_length=9)
