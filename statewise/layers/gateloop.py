@@ -53,6 +53,7 @@ from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, positive_int
 from statewise.layers.registry import register
 from statewise.ops.gated_linear_attention import gated_linear_attention
+from statewise.ops.linear_attention import check_compute_dtype
 
 
 def check_heads(d_model: int, n_heads: int) -> int:
@@ -121,6 +122,9 @@ class GateLoop(SequenceMixer):
         negative_eigenvalues: transition 2 sigmoid(z) - 1 in (-1, 1) instead of
             sigmoid(z) in (0, 1) (Grazzi et al. 2025).
         mode: "auto", "recurrent", "parallel" or "chunk".
+        compute_dtype: "float32" or "bfloat16": the dtype of the chunk form's GEMMs (the
+            state and its sums across chunks stay in the input dtype; see
+            :func:`statewise.ops.linear_attention.resolve_compute_dtype`).
 
     State: {"kv": (B, H, d, d)}. Parameters: q_proj, k_proj, v_proj, g_proj, out_proj
     (Linear D -> D, no bias), a_proj (Linear D -> D with bias), norm (LayerNorm over D):
@@ -136,11 +140,13 @@ class GateLoop(SequenceMixer):
         chunk_size: int = 64,
         negative_eigenvalues: bool = False,
         mode: str = "auto",
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__(d_model, mode)
         self.head_dim = check_heads(d_model, n_heads)
         self.n_heads = n_heads
         self.chunk_size = check_chunk_size(chunk_size)
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         flag("negative_eigenvalues", negative_eigenvalues)
         self.negative_eigenvalues = negative_eigenvalues
         self.q_proj = nn.Linear(d_model, d_model, bias=False)
@@ -163,7 +169,8 @@ class GateLoop(SequenceMixer):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, chunk_size={self.chunk_size}, "
-            f"negative_eigenvalues={self.negative_eigenvalues}, mode={self.mode!r}"
+            f"negative_eigenvalues={self.negative_eigenvalues}, mode={self.mode!r}, "
+            f"compute_dtype={self.compute_dtype!r}"
         )
 
     def auto_mode(self, seq_len: int) -> str:
@@ -190,7 +197,15 @@ class GateLoop(SequenceMixer):
         g, sign = self.transition(split_heads(self.a_proj(x), heads))
         k, g, sign = skip_masked_steps(k, g, sign, mask)
         o, kv = gated_linear_attention(
-            q, k, v, g, state["kv"], sign=sign, mode=mode, chunk_size=self.chunk_size
+            q,
+            k,
+            v,
+            g,
+            state["kv"],
+            sign=sign,
+            mode=mode,
+            chunk_size=self.chunk_size,
+            compute_dtype=self.compute_dtype,
         )
         y = self.out_proj(F.silu(self.g_proj(x)) * self.norm(merge_heads(o)))
         return y, {"kv": kv}

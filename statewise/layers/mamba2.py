@@ -56,7 +56,7 @@ from statewise.layers.mamba import (
 )
 from statewise.layers.registry import register
 from statewise.ops.conv import causal_conv1d
-from statewise.ops.linear_attention import linear_attention
+from statewise.ops.linear_attention import check_compute_dtype, linear_attention
 
 
 class GatedRMSNorm(nn.Module):
@@ -135,6 +135,9 @@ class Mamba2(SequenceMixer):
         negative_eigenvalues: a_t = 2 exp(dt A) - 1 in (-1, 1] (Grazzi et al. 2025).
         chunk_size: chunk length C of the chunkwise form.
         mode: "auto" (= "chunk"), "recurrent" or "chunk".
+        compute_dtype: "float32" or "bfloat16": the dtype of the chunk form's GEMMs (the
+            state and its sums across chunks stay in the input dtype; see
+            :func:`statewise.ops.linear_attention.resolve_compute_dtype`).
 
     State: {"conv": (B, K-1, E + 2GN), the last K-1 conv inputs; "ssm": (B, H, N, P)}.
     Parameters: D(2E + 2GN + H) (+ that many biases) + K(E + 2GN) (+ E + 2GN) + 3H + E
@@ -165,6 +168,7 @@ class Mamba2(SequenceMixer):
         negative_eigenvalues: bool = False,
         chunk_size: int = 64,
         mode: str = "auto",
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__(d_model, mode)
         self.d_state = positive_int("d_state", d_state)
@@ -175,6 +179,7 @@ class Mamba2(SequenceMixer):
         if self.n_heads % n_groups:
             raise ValueError(f"n_groups={n_groups} must divide n_heads={self.n_heads}")
         self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         self.activation = activation
         self._act = conv_activation(activation)
         if not norm_eps > 0:
@@ -218,7 +223,8 @@ class Mamba2(SequenceMixer):
             f"d_model={self.d_model}, d_inner={self.d_inner}, n_heads={self.n_heads}, "
             f"head_dim={self.head_dim}, d_state={self.d_state}, n_groups={self.n_groups}, "
             f"d_conv={self.d_conv}, chunk_size={self.chunk_size}, "
-            f"negative_eigenvalues={self.negative_eigenvalues}, mode={self.mode!r}"
+            f"negative_eigenvalues={self.negative_eigenvalues}, mode={self.mode!r}, "
+            f"compute_dtype={self.compute_dtype!r}"
         )
 
     def auto_mode(self, seq_len: int) -> str:
@@ -267,14 +273,14 @@ class Mamba2(SequenceMixer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The SSD recurrence through the linear-attention op; signed decays by a sign split."""
         if not self.negative_eigenvalues:
-            return linear_attention(q, k, v, g, s0, mode=mode, chunk_size=self.chunk_size)
+            return linear_attention(q, k, v, g, s0, mode, self.chunk_size, self.compute_dtype)
         a = 2.0 * torch.exp(g) - 1.0
         negative = a < 0
         log_abs = torch.log(a.abs().clamp_min(torch.finfo(a.dtype).tiny))
         # sigma_t = prod_{j <= t} sign(a_j), from the parity of the negatives so far
         sigma = 1.0 - 2.0 * (negative.long().cumsum(dim=-1) % 2).to(a.dtype)  # (B, H, T)
         o, s = linear_attention(
-            q, k * sigma.unsqueeze(-1), v, log_abs, s0, mode=mode, chunk_size=self.chunk_size
+            q, k * sigma.unsqueeze(-1), v, log_abs, s0, mode, self.chunk_size, self.compute_dtype
         )
         return o * sigma.unsqueeze(-1), s * sigma[..., -1, None, None]
 

@@ -46,6 +46,7 @@ from torch import nn
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, positive_int, positive_number
 from statewise.layers.registry import register
+from statewise.ops.linear_attention import check_compute_dtype
 from statewise.ops.mlstm import mlstm, mlstm_step, zero_state
 
 
@@ -89,6 +90,9 @@ class MLSTM(SequenceMixer):
         gate_soft_cap: if given, gate pre-activations become c tanh(pre / c) (xLSTM-7B: 15).
         norm_eps: eps of the per-head layer norm.
         mode: "auto", "recurrent", "parallel" or "chunk".
+        compute_dtype: "float32" or "bfloat16": the dtype of the chunk form's GEMMs (the
+            state and its sums across chunks stay in the input dtype; see
+            :func:`statewise.ops.linear_attention.resolve_compute_dtype`).
 
     State: {"C": (B, H, d_k, d_v), "n": (B, H, d_k), "m": (B, H)}, the stabilised memory,
     normaliser and stabiliser; zeros from ``init_state``.
@@ -110,12 +114,14 @@ class MLSTM(SequenceMixer):
         gate_soft_cap: float | None = None,
         norm_eps: float = 1e-6,
         mode: str = "auto",
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__(d_model, mode)
         self.n_heads = positive_int("n_heads", n_heads)
         self.d_k = _head_width("qk_dim_factor", d_model, qk_dim_factor, n_heads)
         self.d_v = _head_width("v_dim_factor", d_model, v_dim_factor, n_heads)
         self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         self.negative_eigenvalues = flag("negative_eigenvalues", negative_eigenvalues)
         self.gate_soft_cap = (
             None if gate_soft_cap is None else positive_number("gate_soft_cap", gate_soft_cap)
@@ -149,7 +155,8 @@ class MLSTM(SequenceMixer):
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, d_k={self.d_k}, d_v={self.d_v}, "
             f"chunk_size={self.chunk_size}, negative_eigenvalues={self.negative_eigenvalues}, "
-            f"gate_soft_cap={self.gate_soft_cap}, mode={self.mode!r}"
+            f"gate_soft_cap={self.gate_soft_cap}, mode={self.mode!r}, "
+            f"compute_dtype={self.compute_dtype!r}"
         )
 
     def auto_mode(self, seq_len: int) -> str:
@@ -203,7 +210,16 @@ class MLSTM(SequenceMixer):
             if sign is not None:
                 sign = sign.masked_fill(~keep, 1.0)
         h, (c, n, m) = mlstm(
-            q, k, v, log_i, log_f, (state["C"], state["n"], state["m"]), sign, mode, self.chunk_size
+            q,
+            k,
+            v,
+            log_i,
+            log_f,
+            (state["C"], state["n"], state["m"]),
+            sign,
+            mode,
+            self.chunk_size,
+            self.compute_dtype,
         )
         y = self._readout(x, h.transpose(1, 2))
         return y, {"C": c, "n": n, "m": m}

@@ -45,7 +45,7 @@ from torch import nn
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, positive_int
 from statewise.layers.registry import register
-from statewise.ops.linear_attention import linear_attention
+from statewise.ops.linear_attention import check_compute_dtype, linear_attention
 
 
 def rotation_angles(head_dim: int) -> torch.Tensor:
@@ -76,6 +76,9 @@ class Retention(SequenceMixer):
         negative_eigenvalues: odd heads use the transition -gamma_h (see the module
             docstring); needs n_heads >= 2.
         mode: "auto" (= "chunk"), "recurrent", "parallel" or "chunk".
+        compute_dtype: "float32" or "bfloat16": the dtype of the chunk form's GEMMs (the
+            state and its sums across chunks stay in the input dtype; see
+            :func:`statewise.ops.linear_attention.resolve_compute_dtype`).
 
     State: {"kv": (B, H, D/H, D/H) float, "pos": (B,) int64 count of real tokens seen}.
     Parameters: q_proj, k_proj, v_proj, g_proj, out_proj (Linear D -> D, no bias) and
@@ -92,6 +95,7 @@ class Retention(SequenceMixer):
         chunk_size: int = 64,
         negative_eigenvalues: bool = False,
         mode: str = "auto",
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__(d_model, mode)
         positive_int("n_heads", n_heads)
@@ -113,6 +117,7 @@ class Retention(SequenceMixer):
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.chunk_size = chunk_size
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         self.q_proj = nn.Linear(d_model, d_model, bias=False)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
@@ -131,7 +136,8 @@ class Retention(SequenceMixer):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, chunk_size={self.chunk_size}, "
-            f"negative_eigenvalues={self.negative_eigenvalues}, mode={self.mode!r}"
+            f"negative_eigenvalues={self.negative_eigenvalues}, mode={self.mode!r}, "
+            f"compute_dtype={self.compute_dtype!r}"
         )
 
     def auto_mode(self, seq_len: int) -> str:
@@ -190,7 +196,9 @@ class Retention(SequenceMixer):
             g = torch.where(keep, g, torch.zeros_like(g))
             k = torch.where(keep[..., None], k, torch.zeros_like(k))
 
-        o, kv = linear_attention(q, k, v, g, kv, mode=mode, chunk_size=self.chunk_size)
+        o, kv = linear_attention(
+            q, k, v, g, kv, mode, self.chunk_size, compute_dtype=self.compute_dtype
+        )
         if self.negative_eigenvalues:  # back from the op's (-1)^n-scaled state
             kv = kv * self.alternating(pos0 + seen - 1, x.dtype)[..., None, None]
         # GroupNorm over each head's outputs, per token

@@ -63,6 +63,7 @@ from statewise.layers.gateloop import (
 )
 from statewise.layers.registry import register
 from statewise.ops.gated_linear_attention import gated_linear_attention
+from statewise.ops.linear_attention import check_compute_dtype
 
 GROUP_NORM_EPS = 64e-5  # RWKV-6: 1e-5 * head_size_divisor^2 with head_size_divisor = 8
 
@@ -182,6 +183,7 @@ class TimeMix(nn.Module):
         mask: torch.Tensor | None,
         mode: str,
         chunk_size: int,
+        compute_dtype: str = "float32",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, new WKV state) for inputs h (B, T, D) whose previous tokens are prev."""
         heads = self.n_heads
@@ -193,7 +195,15 @@ class TimeMix(nn.Module):
         g = -torch.exp(split_heads(decay, heads))  # log w_t
         k, g, _ = skip_masked_steps(k, g, None, mask)
         o, wkv = gated_linear_attention(
-            r, k, v, g, wkv, bonus=self.time_faaaa, mode=mode, chunk_size=chunk_size
+            r,
+            k,
+            v,
+            g,
+            wkv,
+            bonus=self.time_faaaa,
+            mode=mode,
+            chunk_size=chunk_size,
+            compute_dtype=compute_dtype,
         )
         o = merge_heads(o)
         o = F.group_norm(
@@ -247,6 +257,9 @@ class RWKV6(SequenceMixer):
         chunk_size: chunk length of the chunkwise WKV, a power of two.
         layer_index, n_layers: the block's depth, for RWKV-6's initialisation.
         mode: "auto", "recurrent" or "chunk".
+        compute_dtype: "float32" or "bfloat16": the dtype of the chunk form's GEMMs (the
+            state and its sums across chunks stay in the input dtype; see
+            :func:`statewise.ops.linear_attention.resolve_compute_dtype`).
 
     State: {"att_shift": (B, D), "wkv": (B, H, d, d), "ffn_shift": (B, D)} (no
     "ffn_shift" without channel mixing): 2 D + D^2 / H floats.
@@ -270,11 +283,13 @@ class RWKV6(SequenceMixer):
         layer_index: int = 0,
         n_layers: int = 1,
         mode: str = "auto",
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__(d_model, mode)
         self.head_dim = check_heads(d_model, n_heads)
         self.n_heads = n_heads
         self.chunk_size = check_chunk_size(chunk_size)
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         for name, value in (("mix_lora_rank", mix_lora_rank), ("decay_lora_rank", decay_lora_rank)):
             positive_int(name, value)
         if isinstance(ffn_ratio, bool) or not isinstance(ffn_ratio, (int, float)) or ffn_ratio <= 0:
@@ -307,7 +322,7 @@ class RWKV6(SequenceMixer):
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, d_ffn={self.d_ffn}, "
             f"channel_mix={self.ffn is not None}, chunk_size={self.chunk_size}, "
-            f"mode={self.mode!r}"
+            f"mode={self.mode!r}, compute_dtype={self.compute_dtype!r}"
         )
 
     def auto_mode(self, seq_len: int) -> str:
@@ -319,7 +334,7 @@ class RWKV6(SequenceMixer):
         if x.shape[1] == 0:
             return x.new_zeros(x.shape), state
         prev, att_shift = token_shift(x, state["att_shift"], mask)
-        a, wkv = self.att(x, prev, state["wkv"], mask, mode, self.chunk_size)
+        a, wkv = self.att(x, prev, state["wkv"], mask, mode, self.chunk_size, self.compute_dtype)
         new_state = {"att_shift": att_shift, "wkv": wkv}
         if self.ffn is None:
             return a, new_state

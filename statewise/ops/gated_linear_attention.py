@@ -58,8 +58,8 @@ q_t exp(b_t) (exp(b_{t-1}) with the bonus), k_s exp(-b_s) and the final state's 
 exp(b_T); so dL/db_t = q_t * dL/dq_t - k_t * dL/dk_t (the q term moved to t-1 with the
 bonus) plus sum_v dL/dS_T * S_T at t = T, and dL/dg_j = sum_{t >= j} dL/db_t. The chunk form
 therefore runs its decays without autograd (g detached) and attaches this gradient
-(:class:`_DecayGrad`, :class:`_FinalDecayGrad`); dq and dk come from autograd through the
-stable forward.
+(``DecayGrad`` and ``FinalDecayGrad`` of :mod:`statewise.ops.linear_attention`, shared with
+the scalar-decay chunk form); dq and dk come from autograd through the stable forward.
 
 Signed transitions: with P_t = prod_{j<=t} sign_j inside a chunk (exact in +-1),
 prod_{j=s+1..t} sign_j = P_t P_s, so the signs fold into q (times P_t, or P_{t-1} with the
@@ -76,7 +76,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from statewise.ops.linear_attention import check_qkv, matrix_state, segsum
+from statewise.ops.linear_attention import (
+    DecayGrad,
+    FinalDecayGrad,
+    check_qkv,
+    chunk_states,
+    matrix_state,
+    resolve_compute_dtype,
+    segsum,
+)
 
 MODES = ("recurrent", "parallel", "chunk")
 
@@ -237,7 +245,8 @@ def _chunk_decays(
     The block sums are carried up by doubling (a block of 2m steps is two blocks of m):
     only additions of same-signed terms, never a subtraction, so each exponent has relative
     error ~ C eps however strong the decay, and g = -inf stays exact. No gradient flows
-    through here (the chunk form attaches g's gradient separately, see :class:`_DecayGrad`).
+    through here (the chunk form attaches g's gradient separately, see
+    :class:`statewise.ops.linear_attention.DecayGrad`).
     """
     *lead, size, d_k = g.shape
     # per block of m steps (m = 1 first): inclusive and exclusive sums from the block start,
@@ -316,49 +325,6 @@ class _AddToSecondBlocks(torch.autograd.Function):
         )
 
 
-class _DecayGrad(torch.autograd.Function):
-    """Identity on (q, k) in the forward; in the backward also returns the gradient of g.
-
-    With b_t = g_1 + ... + g_t (per channel) the whole op is a function of
-    Q~_t = q_t P_t exp(b_t) (exp(b_{t-1}) with the bonus), K~_s = k_s P_s exp(-b_s), v, S_0,
-    and of b_T through S_T = diag(P_T exp(b_T)) (sum_s K~_s^T v_s + S_0); so, holding q and
-    k fixed, dL/db_t = q_t * dL/dq_t (moved to t-1 with the bonus) - k_t * dL/dk_t, plus
-    the S_T term (:class:`_FinalDecayGrad`), and dL/dg_j = sum_{t >= j} dL/db_t. The
-    chunk form thus runs with g detached (no autograd graph through its decays) and gets
-    g's exact gradient from dq and dk, computed stably by autograd.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, g, exclusive):
-        ctx.save_for_backward(q, k)
-        ctx.exclusive = exclusive
-        return q.view_as(q), k.view_as(k)
-
-    @staticmethod
-    def backward(ctx, grad_q, grad_k):
-        q, k = ctx.saved_tensors
-        from_q = q * grad_q
-        if ctx.exclusive:  # q_{t+1} saw b_t
-            from_q = torch.cat([from_q[:, :, 1:], torch.zeros_like(from_q[:, :, :1])], dim=2)
-        grad_b = from_q - k * grad_k
-        grad_g = grad_b.flip(2).cumsum(2).flip(2)
-        return grad_q, grad_k, grad_g, None
-
-
-class _FinalDecayGrad(torch.autograd.Function):
-    """Identity on S_T; the backward adds dL/db_T = sum_v dL/dS_T * S_T to b_T = sum_t g_t."""
-
-    @staticmethod
-    def forward(ctx, state, g_total):
-        ctx.save_for_backward(state)
-        return state.view_as(state)
-
-    @staticmethod
-    def backward(ctx, grad_state):
-        (state,) = ctx.saved_tensors
-        return grad_state, (grad_state * state).sum(-1)
-
-
 def gated_linear_attention_chunk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -368,6 +334,7 @@ def gated_linear_attention_chunk(
     bonus: torch.Tensor | None = None,
     sign: torch.Tensor | None = None,
     chunk_size: int = 64,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise form: chunks of ``chunk_size`` (a power of two) steps, state between them.
 
@@ -379,13 +346,16 @@ def gated_linear_attention_chunk(
         S_n = diag(whole_n) S_{n-1} + (K_n * from_key_n)^T V_n
 
     A_n = the level-by-level strictly lower scores plus the diagonal (q_t . k_t, or
-    q_t . (u * k_t) with the bonus). Returns (o, S_T).
+    q_t . (u * k_t) with the bonus). The GEMMs run in ``compute_dtype`` (see
+    :func:`statewise.ops.linear_attention.resolve_compute_dtype`), the state recurrence
+    (:func:`statewise.ops.linear_attention.chunk_states`) in q's dtype. Returns (o, S_T).
     """
     state = _check(q, k, v, g, initial_state, bonus, sign)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+    low = resolve_compute_dtype(compute_dtype, q.dtype)
     batch, heads, seq_len, d_k = q.shape
     d_v = v.shape[-1]
     if seq_len == 0:
@@ -395,7 +365,7 @@ def gated_linear_attention_chunk(
     track_g = torch.is_grad_enabled() and g.requires_grad
     if track_g:
         g_total = g.sum(dim=2)
-        q, k = _DecayGrad.apply(q, k, g, exclusive)
+        q, k = DecayGrad.apply(q, k, g, exclusive)
     g = g.detach()
 
     size = min(chunk_size, 1 << (seq_len - 1).bit_length())
@@ -416,6 +386,14 @@ def gated_linear_attention_chunk(
             to_query = to_query * p_query
             from_key = from_key * p_key * end_sign.unsqueeze(-2)
             whole = whole * end_sign
+        if low is not None:
+            levels = [(qf.to(low), kf.to(low)) for qf, kf in levels]
+            to_query, from_key = to_query.to(low), from_key.to(low)
+            if sign is not None:
+                p_query, p_key = p_query.to(low), p_key.to(low)
+    out_dtype = state.dtype
+    if low is not None:
+        q, k, v = q.to(low), k.to(low), v.to(low)
     q_in = q if sign is None else q * p_query
     k_in = k if sign is None else k * p_key
     o = _intra_chunk(q_in, k_in, v, levels)  # (B, H, N, C, d_v)
@@ -423,17 +401,13 @@ def gated_linear_attention_chunk(
         o = o + (q * k).sum(-1, keepdim=True) * v
 
     added = (k * from_key).transpose(-1, -2) @ v  # (B, H, N, d_k, d_v): each chunk's part
-    entering = []
-    for a_n, added_n in zip(whole.unbind(2), added.unbind(2)):
-        entering.append(state)
-        state = torch.addcmul(added_n, a_n.unsqueeze(-1), state)
-    before = torch.stack(entering, dim=2)  # (B, H, N, d_k, d_v)
-    o = o + (q * to_query) @ before
+    before, state = chunk_states(whole, added, state, low)  # entering states, (B, H, N, ...)
+    o = o.to(out_dtype).add_((q * to_query) @ before)
     o = o.reshape(batch, heads, n_chunks * size, d_v)[:, :, :seq_len]
     if exclusive:  # the bonus term (q_t . (u * k_t)) v_t, outside the decayed part
         o = o + diag.unsqueeze(-1) * v.reshape(batch, heads, -1, d_v)[:, :, :seq_len]
     if track_g:
-        state = _FinalDecayGrad.apply(state, g_total)
+        state = FinalDecayGrad.apply(state, g_total)
     return o, state
 
 
@@ -447,6 +421,7 @@ def gated_linear_attention(
     sign: torch.Tensor | None = None,
     mode: str = "chunk",
     chunk_size: int = 64,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-key-channel decayed linear attention in ``mode`` "recurrent", "parallel" or "chunk".
 
@@ -454,12 +429,15 @@ def gated_linear_attention(
     allowed); initial_state: (B, H, d_k, d_v) or None (zeros); bonus: None (o_t = q_t S_t)
     or u (H, d_k) (RWKV-6: o_t = q_t (S_{t-1} + diag(u) k_t^T v_t)); sign: None or a +-1
     tensor like g (transition sign * exp(g); treated as a constant). Returns
-    (o (B, H, T, d_v), S_T). ``chunk_size`` (a power of two) is used by the chunk form only.
+    (o (B, H, T, d_v), S_T). ``chunk_size`` (a power of two) and ``compute_dtype`` (the
+    GEMMs' dtype, e.g. "bfloat16") are used by the chunk form only.
     """
     if mode == "recurrent":
         return gated_linear_attention_recurrent(q, k, v, g, initial_state, bonus, sign)
     if mode == "parallel":
         return gated_linear_attention_parallel(q, k, v, g, initial_state, bonus, sign)
     if mode == "chunk":
-        return gated_linear_attention_chunk(q, k, v, g, initial_state, bonus, sign, chunk_size)
+        return gated_linear_attention_chunk(
+            q, k, v, g, initial_state, bonus, sign, chunk_size, compute_dtype
+        )
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

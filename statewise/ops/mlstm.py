@@ -56,7 +56,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from statewise.ops.linear_attention import check_qkv, segsum
+from statewise.ops.linear_attention import (
+    check_qkv,
+    chunk_states,
+    resolve_compute_dtype,
+    segsum,
+)
 
 MODES = ("recurrent", "parallel", "chunk")
 
@@ -230,6 +235,7 @@ def mlstm_chunk(
     initial_state: MLSTMState | None = None,
     f_sign: torch.Tensor | None = None,
     chunk_size: int = 64,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
     """Chunkwise: the parallel form inside chunks, the stabilised state between them.
 
@@ -238,12 +244,16 @@ def mlstm_chunk(
     total log forget), the stabiliser entering chunk n+1 is m_n = max(G_n + m_{n-1},
     max_s log_d_n[C, s]) (a loop over chunks on (B, H) numbers); given those, each chunk's
     outputs and what it adds to the state are batched GEMMs, and the state itself follows
-    [C|n]_n = s exp(G_n + m_{n-1} - m_n) [C|n]_{n-1} + added_n (a loop of T / C steps).
+    [C|n]_n = s exp(G_n + m_{n-1} - m_n) [C|n]_{n-1} + added_n
+    (:func:`statewise.ops.linear_attention.chunk_states`). The GEMMs run in
+    ``compute_dtype`` (see :func:`statewise.ops.linear_attention.resolve_compute_dtype`);
+    the gates, the stabiliser, the state and the readout stay in q's dtype.
     Returns (h, (C, n, m)).
     """
     c0, n0, m = _check(q, k, v, log_i, log_f, f_sign, initial_state)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    low = resolve_compute_dtype(compute_dtype, q.dtype)
     batch, heads, seq_len, d_k = q.shape
     d_v = v.shape[-1]
     if seq_len == 0:
@@ -275,13 +285,13 @@ def mlstm_chunk(
     m_enter = torch.stack(entering_m, dim=2)  # (B, H, N)
 
     m_steps, gates, from_start = _stabilised_gates(b, log_d, m_enter, f_sign)
+    decay = from_start[..., -1]  # (B, H, N): the entering state's decay across the chunk
+    if low is not None:
+        q, k, va, gates, from_start = (t.to(low) for t in (q, k, va, gates, from_start))
     added = _chunk_added(k, va, gates)  # (B, H, N, d_k, d_v + 1)
-    entering = []
-    for decay_n, added_n in zip(from_start[..., -1].unbind(2), added.unbind(2)):
-        entering.append(state)
-        state = torch.addcmul(added_n, decay_n[..., None, None], state)
-    before = torch.stack(entering, dim=2)  # (B, H, N, d_k, d_v + 1)
-    out = ((q @ k.transpose(-1, -2)) * gates) @ va + (q * from_start.unsqueeze(-1)) @ before
+    before, state = chunk_states(decay, added, state, low)  # entering states
+    inner = ((q @ k.transpose(-1, -2)) * gates) @ va
+    out = inner.to(state.dtype) + (q * from_start.unsqueeze(-1)) @ before
     h = _readout(out, m_steps).reshape(batch, heads, n_chunks * size, d_v)[:, :, :seq_len]
     return h, (state[..., :-1], state[..., -1], m)
 
@@ -296,6 +306,7 @@ def mlstm(
     f_sign: torch.Tensor | None = None,
     mode: str = "chunk",
     chunk_size: int = 64,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
     """The stabilised mLSTM cell in ``mode`` "recurrent", "parallel" or "chunk".
 
@@ -304,11 +315,13 @@ def mlstm(
     the forget gate's magnitude (e.g. logsigmoid of its pre-activation); f_sign: (B, H, T)
     of +-1, the forget gate's sign, or None for all +1; initial_state: (C (B, H, d_k, d_v),
     n (B, H, d_k), m (B, H)) or None for zeros. Returns (h (B, H, T, d_v), (C, n, m)).
+    ``chunk_size`` and ``compute_dtype`` (the GEMMs' dtype, e.g. "bfloat16") are used by
+    the chunk form only.
     """
     if mode == "recurrent":
         return mlstm_recurrent(q, k, v, log_i, log_f, initial_state, f_sign)
     if mode == "parallel":
         return mlstm_parallel(q, k, v, log_i, log_f, initial_state, f_sign)
     if mode == "chunk":
-        return mlstm_chunk(q, k, v, log_i, log_f, initial_state, f_sign, chunk_size)
+        return mlstm_chunk(q, k, v, log_i, log_f, initial_state, f_sign, chunk_size, compute_dtype)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
