@@ -153,8 +153,8 @@ def test_layer_pattern_and_per_layer_kwargs():
     assert kinds == ["GRUMixer", "Retention", "GRUMixer"]
     assert model.backbone.blocks[1].mixer.n_heads == 2
     assert model.backbone.blocks[0].mixer.hidden_size == 4
-    with pytest.raises(ValueError, match="layer 'gru' has no argument 'n_heads'"):
-        ModelConfig(layer="gru", layer_kwargs={"n_heads": 2})
+    with pytest.raises(ValueError, match="layer 'gru' has no argument 'chunk_size'"):
+        ModelConfig(layer="gru", layer_kwargs={"chunk_size": 2})
     with pytest.raises(ValueError, match="unknown layer"):
         ModelConfig(layers=["gru", "nope"])
 
