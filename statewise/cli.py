@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its validation data")
     p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--test-lengths",
+        metavar="L1,L2,...",
+        help="also the accuracy on the test split at these lengths (synthetic tasks: "
+        "length generalisation, e.g. 41,64,128,256 for state tracking)",
+    )
+    p.add_argument(
+        "--test-batches", type=int, default=4, metavar="N", help="batches per test length"
+    )
 
     p = sub.add_parser("generate", help="generate text from a language-model checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="DIR")
@@ -238,8 +247,15 @@ def _overrides(extra: list[str]) -> list[str]:
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.tasks.config import build_task
     from statewise.train import checkpoint
-    from statewise.train.evaluate import evaluate
+    from statewise.train.evaluate import evaluate, evaluate_lengths
 
+    lengths = []
+    if args.test_lengths is not None:
+        lengths = _csv(args.test_lengths, "--test-lengths", int, "statewise eval")
+        if min(lengths) < 1:
+            raise UsageError(f"statewise eval: --test-lengths must be >= 1, got {lengths}")
+    if args.test_batches < 1:
+        raise UsageError(f"statewise eval: --test-batches must be >= 1, got {args.test_batches}")
     model = checkpoint.load(args.checkpoint)
     config = checkpoint.load_run_config(args.checkpoint)
     if config.model.head != "lm":
@@ -255,6 +271,12 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         "task": config.data.task,
         **evaluate(model, task, config.train.batch_size, config.train.eval_batches),
     }
+    if lengths:
+        by_length = evaluate_lengths(
+            model, task, lengths, config.train.batch_size, args.test_batches
+        )
+        result["test_accuracy"] = {str(n): acc for n, acc in by_length.items()}
+        result["test_accuracy_mean"] = sum(by_length.values()) / len(by_length)
     if args.json:
         print(json.dumps(result))
     else:
@@ -262,6 +284,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             f"{result['layer']} on {result['task']} at step {step}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
         )
+        for n, acc in result.get("test_accuracy", {}).items():
+            print(f"  test accuracy at length {n}: {acc:.4f}")
+        if lengths:
+            print(f"  mean over test lengths: {result['test_accuracy_mean']:.4f}")
     return 0
 
 
@@ -394,17 +420,15 @@ def _bench_targets(args: argparse.Namespace, backends: list[str]) -> Callable:
     return run
 
 
-def _csv(text: str, flag: str, kind: type) -> list:
+def _csv(text: str, flag: str, kind: type, command: str = "statewise bench") -> list:
     """``a,b,c`` into a non-empty list of ``kind``; one-line UsageError otherwise."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     try:
         values = [kind(item) for item in items]
     except ValueError:
-        raise UsageError(
-            f"statewise bench: {flag} {text!r}: not a list of {kind.__name__}s"
-        ) from None
+        raise UsageError(f"{command}: {flag} {text!r}: not a list of {kind.__name__}s") from None
     if not values:
-        raise UsageError(f"statewise bench: {flag} is empty")
+        raise UsageError(f"{command}: {flag} is empty")
     return values
 
 

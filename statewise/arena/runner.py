@@ -27,7 +27,7 @@ from statewise.arena.suites import Suite, TaskSpec
 from statewise.fit import train_loop
 from statewise.models import ModelConfig, build_model
 from statewise.tasks.config import DataConfig, build_task
-from statewise.train.evaluate import evaluate, token_loss
+from statewise.train.evaluate import evaluate, evaluate_lengths, token_loss
 
 WEIGHT_DECAY = 0.1
 TEST_BATCHES = 2  # batches per test length
@@ -62,16 +62,6 @@ def cell_settings(
         "batch_size": suite.batch_size,
         "eval_batches": suite.eval_batches,
     }
-
-
-class _Batches:
-    """Fixed batches behind the ``eval_batches`` interface ``evaluate`` reads."""
-
-    def __init__(self, batches: list, metric: str) -> None:
-        self.batches, self.metric = batches, metric
-
-    def eval_batches(self, batch_size: int, n_batches: int) -> list:
-        return self.batches
 
 
 def _finite(x: float | None) -> float | None:
@@ -184,11 +174,10 @@ def run_cell(
         sweep.append(record)
         if best is None or _better(record, best, metric):
             best_model, best = model, record
-    tests = {}
-    for length in spec.test_lengths:
-        batches = task.test_batches(suite.batch_size, TEST_BATCHES, length)
-        result = evaluate(best_model, _Batches(batches, metric), suite.batch_size, TEST_BATCHES)
-        tests[str(length)] = result["val_accuracy"]
+    by_length = evaluate_lengths(
+        best_model, task, spec.test_lengths, suite.batch_size, TEST_BATCHES
+    )
+    tests = {str(length): acc for length, acc in by_length.items()}
     if metric == "accuracy":
         higher = True
         if spec.headline == "test" and tests:

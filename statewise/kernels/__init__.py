@@ -9,11 +9,6 @@ the kernel's backend is missing. The backend is chosen once per call site throug
 - ``STATEWISE_BACKEND=torch``: the pure-PyTorch twins only.
 - ``STATEWISE_BACKEND=numba``: the numba kernels; an error if numba is missing.
 
-Under ``auto`` a kernel runs only where it measured faster than its twin on our CPU
-(:func:`current` with ``faster_only=True``): the fused nonlinear-cell kernels measured
-slower than the PyTorch loop (docs/models/lstm.md), so they run only when numba is named,
-by the environment variable or by :func:`use`.
-
 :func:`use` overrides the choice inside a ``with`` block (the test harness runs every
 layer under every backend this way). Kernels run on CPU tensors only; anything else
 (CUDA tensors, dtypes a kernel does not cover) takes the twin whatever the backend.
@@ -54,24 +49,19 @@ def _check(name: str, source: str) -> str:
     return name
 
 
-def current(faster_only: bool = False) -> str:
-    """The backend in force: the innermost :func:`use`, else ``$STATEWISE_BACKEND``, else auto.
-
-    ``faster_only=True`` is for kernels that are slower than their twin: auto then means
-    ``"torch"``, and the kernel runs only when its backend was named explicitly.
-    """
+def current() -> str:
+    """The backend in force: the innermost :func:`use`, else ``$STATEWISE_BACKEND``, else auto."""
     if _override:
         return _override[-1]
     name = os.environ.get(_ENV, "auto").strip().lower() or "auto"
     if name == "auto":
-        return "torch" if faster_only else available()[-1]
+        return available()[-1]
     return _check(name, _ENV)
 
 
 @contextlib.contextmanager
 def use(name: str) -> Iterator[str]:
-    """Run the block with backend ``name`` (``"torch"`` or ``"numba"``; ``"auto"`` means the
-    default choice, which names numba explicitly when it is installed)."""
+    """Run the block with backend ``name`` (``"torch"`` or ``"numba"``; ``"auto"`` allowed)."""
     resolved = available()[-1] if name == "auto" else _check(name, "backend")
     _override.append(resolved)
     try:

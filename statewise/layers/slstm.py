@@ -197,7 +197,7 @@ class SLSTM(SequenceMixer):
         if seq_len == 0:
             return x.new_zeros(x.shape), state
         if (
-            kernels.current(faster_only=True) == "numba"  # slower than the loop here
+            kernels.current() == "numba"
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
         ):

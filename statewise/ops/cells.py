@@ -259,7 +259,7 @@ def _kernel_applies(cell: Cell, x: Tensor, w: CellWeights, reverse: bool) -> boo
         and w.weight_hr is None
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
-        and kernels.current(faster_only=True) == "numba"  # slower than the loop here
+        and kernels.current() == "numba"
     )
 
 

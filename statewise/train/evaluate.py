@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +18,13 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, batch_size: int, n_batches: int) -> dict[str, float]:
-    """val_loss (nats per target token), val_accuracy, and bits_per_char for text."""
+def _score(model: nn.Module, batches: Iterable) -> tuple[float, float]:
+    """(mean loss in nats, accuracy) over the target tokens of ``batches``, in eval mode."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     try:
-        for inputs, targets in task.eval_batches(batch_size, n_batches):
+        for inputs, targets in batches:
             logits = model(inputs)
             real = targets != IGNORE
             n = int(real.sum())
@@ -32,8 +33,30 @@ def evaluate(model: nn.Module, task: Task, batch_size: int, n_batches: int) -> d
             count += n
     finally:
         model.train(was_training)
-    loss = total_loss / max(count, 1)
-    out = {"val_loss": loss, "val_accuracy": correct / max(count, 1)}
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def evaluate(model: nn.Module, task: Task, batch_size: int, n_batches: int) -> dict[str, float]:
+    """val_loss (nats per target token), val_accuracy, and bits_per_char for text."""
+    loss, accuracy = _score(model, task.eval_batches(batch_size, n_batches))
+    out = {"val_loss": loss, "val_accuracy": accuracy}
     if task.metric == "bits_per_char":
         out["val_bits_per_char"] = loss / math.log(2)
     return out
+
+
+def evaluate_lengths(
+    model: nn.Module, task: Task, lengths: Iterable[int], batch_size: int, n_batches: int
+) -> dict[int, float]:
+    """Accuracy on the task's test split at each of ``lengths`` (length generalisation).
+
+    Only tasks with a ``test_batches(batch_size, n_batches, length)`` split have one (the
+    synthetic tasks); anything else is a ValueError.
+    """
+    lengths = list(lengths)
+    if lengths and not hasattr(task, "test_batches"):
+        raise ValueError(f"task {type(task).__name__} has no test split at other lengths")
+    return {
+        length: _score(model, task.test_batches(batch_size, n_batches, length))[1]
+        for length in lengths
+    }

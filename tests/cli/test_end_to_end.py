@@ -116,7 +116,23 @@ def test_generate_refuses_a_checkpoint_not_trained_on_text(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_readme_main_job_trains_and_generates(tmp_path):
+def test_the_readme_main_job_runs_the_quick_arena(tmp_path):
+    """The README's main job, `statewise arena --suite quick` (about 5 minutes here): six
+    layers on three tasks, a ranked table per task, and the files it promises."""
+    done = statewise_cli("arena", "--suite", "quick", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "runs" / "arena-quick"
+    board = json.loads((out / "leaderboard.json").read_text())
+    cells = {(c["task"], c["layer"]) for c in board["cells"]}
+    layers = {"lstm", "mingru", "mamba", "retnet", "mlstm", "attention"}
+    assert cells == {(t, lay) for t in ("mqar", "parity", "char_lm") for lay in layers}
+    for name in ("leaderboard.md", "index.html", "mqar_state.png", "loss_curves.png"):
+        assert (out / name).stat().st_size > 0
+    assert "## char_lm" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_char_example_trains_and_generates(tmp_path):
     """The full char example (about a minute here): its model learns the corpus."""
     done = statewise_cli(
         "train", str(ROOT / "examples" / "char_lm.toml"), "--no-progress", cwd=tmp_path

@@ -1,0 +1,79 @@
+"""`statewise eval --test-lengths`: accuracy on the length-generalisation split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from statewise.cli import main
+from statewise.tasks.config import DataConfig, build_task
+from statewise.train import checkpoint
+from statewise.train.evaluate import evaluate_lengths
+
+PARITY = """
+[model]
+layer = "gru"
+d_model = 8
+n_layers = 1
+mlp_ratio = 0.0
+
+[data]
+task = "parity"
+train_max_len = 6
+
+[train]
+steps = 4
+batch_size = 8
+eval_every = 4
+eval_batches = 1
+checkpoint_every = 4
+log_every = 2
+"""
+
+
+@pytest.fixture
+def parity_run(tmp_path):
+    config = tmp_path / "parity.toml"
+    config.write_text(PARITY)
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_eval_reports_accuracy_at_each_test_length(parity_run, capsys):
+    capsys.readouterr()
+    argv = ["eval", "--checkpoint", str(parity_run), "--json", "--test-lengths", "7,12"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["test_accuracy"]) == {"7", "12"}
+    # the same numbers as scoring the task's own test batches by hand
+    model = checkpoint.load(str(parity_run))
+    task = build_task(DataConfig(task="parity", train_max_len=6), 0)
+    for length in (7, 12):
+        correct = total = 0
+        with torch.no_grad():
+            for inputs, targets in task.test_batches(8, 4, length):
+                real = targets >= 0
+                correct += int((model(inputs).argmax(-1) == targets)[real].sum())
+                total += int(real.sum())
+        assert result["test_accuracy"][str(length)] == pytest.approx(correct / total)
+    mean = sum(result["test_accuracy"].values()) / 2
+    assert result["test_accuracy_mean"] == pytest.approx(mean)
+
+
+@pytest.mark.parametrize("lengths", ["", "7,x", "0,5"])
+def test_bad_test_lengths_are_one_line_errors(parity_run, capsys, lengths):
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(parity_run), "--test-lengths", lengths]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("statewise eval: --test-lengths") and "\n" not in err
+
+
+def test_a_task_without_a_test_split_is_refused():
+    class NoSplit:
+        metric = "accuracy"
+
+    with pytest.raises(ValueError, match="no test split"):
+        evaluate_lengths(torch.nn.Identity(), NoSplit(), [5], 2, 1)
