@@ -38,6 +38,15 @@ _MIN_TASK_WIDTH = 64
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
+@numba.njit(cache=True, inline="always")
+def _task_block(task, n_m, n_k, m_block, k_block, rows, cols):
+    """Task number -> (batch index, rows m0:m1, columns k0:k1) of its block."""
+    bi = task // (n_m * n_k)
+    m0 = (task // n_k) % n_m * m_block
+    k0 = task % n_k * k_block
+    return bi, m0, min(rows, m0 + m_block), k0, min(cols, k0 + k_block)
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
 def _forward_kernel(a, b, h0, out, m_block, k_block):
     """out[:, t] = a[:, t] * out[:, t - 1] + b[:, t] (out[:, -1] = h0), over task blocks.
@@ -50,10 +59,7 @@ def _forward_kernel(a, b, h0, out, m_block, k_block):
     n_m = (rows + m_block - 1) // m_block
     n_k = (cols + k_block - 1) // k_block
     for task in numba.prange(batch * n_m * n_k):
-        bi = task // (n_m * n_k)
-        m0 = (task // n_k) % n_m * m_block
-        k0 = task % n_k * k_block
-        m1, k1 = min(rows, m0 + m_block), min(cols, k0 + k_block)
+        bi, m0, m1, k0, k1 = _task_block(task, n_m, n_k, m_block, k_block, rows, cols)
         ab = bi if a_b > 1 else 0
         for t in range(seq_len):
             at = t if a_t > 1 else 0
@@ -84,10 +90,7 @@ def _backward_kernel(a, h0, out, grad_out, grad_b, grad_a, grad_h0, m_block, k_b
     n_m = (rows + m_block - 1) // m_block
     n_k = (cols + k_block - 1) // k_block
     for task in numba.prange(batch * n_m * n_k):
-        bi = task // (n_m * n_k)
-        m0 = (task // n_k) % n_m * m_block
-        k0 = task % n_k * k_block
-        m1, k1 = min(rows, m0 + m_block), min(cols, k0 + k_block)
+        bi, m0, m1, k0, k1 = _task_block(task, n_m, n_k, m_block, k_block, rows, cols)
         width = k1 - k0
         ab = bi if a_b > 1 else 0
         for s in range(seq_len):

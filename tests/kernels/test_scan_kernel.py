@@ -10,31 +10,13 @@ pytest.importorskip("numba", reason="the numba backend is not installed")
 from statewise import kernels  # noqa: E402
 from statewise.kernels import scan as kernel  # noqa: E402
 from statewise.ops.scan import linear_recurrence_loop  # noqa: E402
+from tests.ops.test_scan import draw, reference  # noqa: E402  (the same loop and draws)
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 # float32 kernel against the float64 twin: the kernel rounds each step to float32
 # (eps 1.2e-7); over T <= 40 steps with |a| <= 1 a few hundred roundings stay below 1e-5
 # of the output scale, while any wrong term is O(1).
 F32_REL = 1e-5
-
-
-def reference(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """h_t = a_t * h_{t-1} + b_t, one step at a time."""
-    a, b = torch.broadcast_tensors(a, b)
-    h = torch.zeros_like(b[:, 0]) if h0 is None else h0
-    out = []
-    for t in range(b.shape[1]):
-        h = a[:, t] * h + b[:, t]
-        out.append(h)
-    return torch.stack(out, dim=1)
-
-
-def draw(*shape, dtype=torch.float64, seed=0, low=-1.0, high=1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if dtype.is_complex:
-        real = torch.empty(*shape, 2, dtype=torch.float64).uniform_(low, high, generator=g)
-        return torch.view_as_complex(real * 0.7).to(dtype)
-    return torch.empty(*shape, dtype=dtype).uniform_(low, high, generator=g)
 
 
 def run(backend: str, a, b, h0):
