@@ -7,6 +7,7 @@ time budget, ranked per task (``statewise arena``; see docs/arena.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -82,23 +83,30 @@ def run_arena(
     seeds: int | None = None,
     params: int | None = None,
     steps: int | None = None,
+    jobs: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) an arena and write OUT/leaderboard.{json,md}, the PNG plots and
     OUT/index.html; returns the leaderboard JSON. ``suite`` is a name from ``builtin_suites()``
     or a Suite of one's own. ``steps`` replaces the time budget by a
-    fixed step count per learning rate (reproducible to the bit)."""
+    fixed step count per learning rate (reproducible to the bit). ``jobs`` cells train at
+    once, each in a process of its own with an equal share of torch's threads."""
+    import torch
+
     from statewise.arena.leaderboard import aggregate, to_json, to_markdown
     from statewise.arena.plots import write_plots
     from statewise.arena.report_html import render
     from statewise.arena.runner import run_cells, write_json
 
     chosen, specs, layers = resolve(suite, layers, tasks, budget_s, seeds, params, steps)
+    cpus = os.cpu_count() or 1
+    if not (isinstance(jobs, int) and 1 <= jobs <= cpus):
+        raise ValueError(f"statewise arena: --jobs must be 1 .. {cpus} (the CPUs), got {jobs}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"statewise arena: --out {out} is a file, not a directory")
     time_budget = None if steps is not None else chosen.budget_s
-    results = run_cells(chosen, specs, layers, chosen.seeds, time_budget, steps, out, log)
+    results = run_cells(chosen, specs, layers, chosen.seeds, time_budget, steps, out, log, jobs)
     options = {
         "suite": chosen.name,
         "layers": layers,
@@ -109,6 +117,8 @@ def run_arena(
         "seeds": chosen.seeds,
         "n_layers": chosen.n_layers,
         "batch_size": chosen.batch_size,
+        "jobs": jobs,
+        "threads_per_job": max(1, torch.get_num_threads() // jobs),
     }
     board = aggregate(results)
     report = to_json(board, results, options)

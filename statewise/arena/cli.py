@@ -40,6 +40,14 @@ def add_arena_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--params", type=int, metavar="N", help="parameter budget per model (default: the suite's)"
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N cells at once, each in its own process with 1/N of the threads "
+        "(default 1); every cell still gets the same budget",
+    )
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/arena-SUITE)")
     return p
 
@@ -66,6 +74,7 @@ def cmd_arena(args: argparse.Namespace, extra: list[str]) -> int:
         seeds=args.seeds,
         params=args.params,
         steps=args.steps,
+        jobs=args.jobs,
     )
     print((out / "leaderboard.md").read_text(encoding="utf-8"), end="")
     failed = sum(1 for c in report["cells"] if "error" in c)

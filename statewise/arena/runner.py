@@ -12,10 +12,18 @@ from __future__ import annotations
 import functools
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -258,57 +266,118 @@ def run_cells(
     steps: int | None,
     out: Path,
     log: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Every (task, layer, seed) cell; a cell whose result file OUT/cells/<name>.json holds
-    the same settings is read, not trained again. Returns the results in cell order."""
+    the same settings is read, not trained again. ``jobs`` > 1 trains that many cells at
+    once, each in its own process with torch.get_num_threads() // jobs threads (at least
+    one). Returns the results in cell order."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     for spec in specs:  # refuse a task the arena cannot rank before training anything
         checked_task(spec, 0)
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     cells = [(spec, layer, seed) for spec in specs for layer in layers for seed in range(seeds)]
-    results, trained_times, start = [], [], time.perf_counter()
-    guess = (budget_s if budget_s is not None else 10.0) + 5.0  # before any cell has run
-    for i, (spec, layer, seed) in enumerate(cells, 1):
-        name = cell_name(spec.name, layer, seed)
-        path = cells_dir / f"{name}.json"
-        settings = cell_settings(suite, spec, layer, seed, budget_s, steps)
-        tag = f"[{i}/{len(cells)}] {spec.name} {layer} seed {seed}"
-        if path.exists():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if stored.get("settings") != settings:
-                raise ValueError(
-                    f"statewise arena: {path} holds a result made with other settings; "
-                    "rerun the same command, or choose another --out"
+    results: list[dict[str, Any] | None] = [None] * len(cells)
+    to_train = []
+    for i, (spec, layer, seed) in enumerate(cells):
+        path = cells_dir / f"{cell_name(spec.name, layer, seed)}.json"
+        if not path.exists():
+            to_train.append(i)
+            continue
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("settings") != cell_settings(suite, spec, layer, seed, budget_s, steps):
+            raise ValueError(
+                f"statewise arena: {path} holds a result made with other settings; "
+                "rerun the same command, or choose another --out"
+            )
+        results[i] = stored
+        log(f"{_tag(i, cells)}: done before, skipped")
+    threads = max(1, torch.get_num_threads() // jobs)
+    with _executor(jobs, threads) as pool:
+        running: dict[Future, tuple[int, float]] = {}
+        trained_times: list[float] = []
+        start = time.perf_counter()
+        guess = (budget_s if budget_s is not None else 10.0) + 5.0  # before any cell has run
+        queue = list(to_train)
+        while queue or running:
+            while queue and len(running) < jobs:
+                i = queue.pop(0)
+                per_cell = sum(trained_times) / len(trained_times) if trained_times else guess
+                left = per_cell * (len(queue) + 1 + len(running)) / jobs
+                log(
+                    f"{_tag(i, cells)}: training ({_clock(time.perf_counter() - start)} "
+                    f"elapsed, ~{_clock(left)} left)"
                 )
-            results.append(stored)
-            log(f"{tag}: done before, skipped")
-            continue
-        per_cell = sum(trained_times) / len(trained_times) if trained_times else guess
-        to_train = sum(1 for s, la, se in cells[i - 1 :] if not _done(cells_dir, s, la, se))
-        log(
-            f"{tag}: training ({_clock(time.perf_counter() - start)} elapsed, "
-            f"~{_clock(per_cell * to_train)} left)"
-        )
-        began = time.perf_counter()
+                spec, layer, seed = cells[i]
+                future = pool.submit(run_cell, suite, spec, layer, seed, budget_s, steps)
+                running[future] = (i, time.perf_counter())
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: running[f][0]):
+                i, began = running.pop(future)
+                results[i] = _finish(future, cells[i], cells_dir, _tag(i, cells), steps, log)
+                trained_times.append(time.perf_counter() - began)
+    return [r for r in results if r is not None]
+
+
+def _tag(i: int, cells: list[tuple[TaskSpec, str, int]]) -> str:
+    spec, layer, seed = cells[i]
+    return f"[{i + 1}/{len(cells)}] {spec.name} {layer} seed {seed}"
+
+
+def _finish(
+    future: Future,
+    cell: tuple[TaskSpec, str, int],
+    cells_dir: Path,
+    tag: str,
+    steps: int | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The result of a finished cell, stored and logged; a failed layer's row, logged."""
+    spec, layer, seed = cell
+    try:
+        result = future.result()
+    except (RuntimeError, FloatingPointError) as err:  # the layer failed: shown, retried
+        log(f"{tag}: failed ({err}); not stored, a rerun tries it again")
+        return _failed(spec.name, layer, seed, err)
+    write_json(cells_dir / f"{cell_name(spec.name, layer, seed)}.json", result)
+    value = "n/a" if result["value"] is None else f"{result['value']:.4f}"
+    log(
+        f"{tag}: {result['metric']} {value} in {result['seconds']:.1f} s "
+        f"(d_model {result['d_model']}, {result['params']:,} params, lr {result['lr']:g}, "
+        f"{result['steps']} steps)"
+        + (FEW_STEPS_NOTE if steps is None and result["steps"] < FEW_STEPS else "")
+    )
+    return result
+
+
+class _InlineExecutor(Executor):
+    """jobs=1: run each cell in this process when it is submitted."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[override]
+        future: Future = Future()
         try:
-            result = run_cell(suite, spec, layer, seed, budget_s, steps)
-        except (RuntimeError, FloatingPointError) as err:  # the layer failed: shown, retried
-            results.append(_failed(spec.name, layer, seed, err))
-            log(f"{tag}: failed ({err}); not stored, a rerun tries it again")
-            trained_times.append(time.perf_counter() - began)
-            continue
-        write_json(path, result)
-        trained_times.append(result["seconds"])
-        results.append(result)
-        value = "n/a" if result["value"] is None else f"{result['value']:.4f}"
-        log(
-            f"{tag}: {result['metric']} {value} in {result['seconds']:.1f} s "
-            f"(d_model {result['d_model']}, {result['params']:,} params, lr {result['lr']:g}, "
-            f"{result['steps']} steps)"
-            + (FEW_STEPS_NOTE if steps is None and result["steps"] < FEW_STEPS else "")
-        )
-    return results
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # handed to _finish, which re-raises what it does not know
+            future.set_exception(err)
+        return future
+
+
+def _executor(jobs: int, threads: int) -> Executor:
+    if jobs == 1:
+        return _InlineExecutor()
+    return ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_threads,
+        initargs=(threads,),
+    )
+
+
+def _worker_threads(threads: int) -> None:
+    """A worker of ``--jobs``: ``threads`` threads for torch; the numba kernels never use
+    more than torch's count (statewise.kernels.scan.threads_for)."""
+    torch.set_num_threads(threads)
 
 
 def _done(cells_dir: Path, spec: TaskSpec, layer: str, seed: int) -> bool:

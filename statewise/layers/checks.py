@@ -1,6 +1,9 @@
-"""Validation of layer constructor arguments: each returns the value or raises naming it."""
+"""Validation of layer constructor arguments (each returns the value or raises naming it),
+and the optimizer tag for parameters that must not be weight-decayed."""
 
 from __future__ import annotations
+
+import torch
 
 
 def positive_int(name: str, value: object) -> int:
@@ -22,3 +25,12 @@ def flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def no_weight_decay(*params: torch.nn.Parameter) -> None:
+    """Tag parameters the optimizer must not decay (``statewise.train.optim`` reads the
+    tag; weight decay otherwise applies to every parameter of rank >= 2): the dynamics of a
+    recurrence (log decay rates, step sizes) and biases stored as matrices, as in the
+    reference implementations (Mamba's ``_no_weight_decay``, RWKV-LM's time_* groups)."""
+    for p in params:
+        p._optim = {"weight_decay": 0.0}

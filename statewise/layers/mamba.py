@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
-from statewise.layers.checks import positive_int
+from statewise.layers.checks import no_weight_decay, positive_int
 from statewise.layers.registry import register
 from statewise.ops.conv import causal_conv1d
 from statewise.ops.selective_scan import selective_scan
@@ -177,6 +177,7 @@ class Mamba(SequenceMixer):
         self.A_log = nn.Parameter(torch.empty(inner, n))
         self.D = nn.Parameter(torch.empty(inner))
         self.out_proj = nn.Linear(inner, d_model, bias=bias)
+        no_weight_decay(self.A_log)  # as the reference's _no_weight_decay (D is a vector)
         self.reset_parameters()
 
     @torch.no_grad()

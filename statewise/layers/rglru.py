@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
-from statewise.layers.checks import flag, positive_int
+from statewise.layers.checks import flag, no_weight_decay, positive_int
 from statewise.layers.registry import register
 from statewise.ops.conv import causal_conv1d
 from statewise.ops.scan import linear_recurrence
@@ -89,6 +89,7 @@ class RGLRU(nn.Module):
         self.input_gate_bias = nn.Parameter(torch.empty(n_heads, self.block_width))
         self.recurrent_gate_weight = nn.Parameter(torch.empty(blocks))
         self.recurrent_gate_bias = nn.Parameter(torch.empty(n_heads, self.block_width))
+        no_weight_decay(self.input_gate_bias, self.recurrent_gate_bias)  # biases, per head
         self.reset_parameters()
 
     @torch.no_grad()

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
-from statewise.layers.checks import flag, positive_int
+from statewise.layers.checks import flag, no_weight_decay, positive_int
 from statewise.layers.gateloop import (
     check_chunk_size,
     check_heads,
@@ -118,6 +118,10 @@ class TimeMix(nn.Module):
         self.time_decay_w1 = nn.Parameter(torch.empty(d_model, decay_lora_rank))
         self.time_decay_w2 = nn.Parameter(torch.empty(decay_lora_rank, d_model))
         self.time_faaaa = nn.Parameter(torch.empty(n_heads, self.head_dim))  # the bonus u
+        # RWKV-LM trains its time_* parameters (the mixes, the decay and their LoRAs) without
+        # weight decay
+        no_weight_decay(self.time_maa_w1, self.time_maa_w2, self.time_decay_w1)
+        no_weight_decay(self.time_decay_w2, self.time_faaaa)
         self.receptance = nn.Linear(d_model, d_model, bias=False)
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_model, d_model, bias=False)

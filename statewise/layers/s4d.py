@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.layers.base import SequenceMixer
-from statewise.layers.checks import positive_int
+from statewise.layers.checks import no_weight_decay, positive_int
 from statewise.layers.registry import register
 from statewise.ops.fft_conv import cexp, lti_conv
 from statewise.ops.scan import linear_recurrence
@@ -128,8 +128,7 @@ class S4D(SequenceMixer):
         self.C = nn.Parameter(torch.empty(h, n, 2))
         self.D = nn.Parameter(torch.empty(h))
         self.out_proj = nn.Linear(h, 2 * h if output == "glu" else h)
-        for p in (self.log_dt, self.log_A_real, self.A_imag, self.B):
-            p._optim = {"weight_decay": 0.0}
+        no_weight_decay(self.log_dt, self.log_A_real, self.A_imag, self.B)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

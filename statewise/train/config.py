@@ -32,7 +32,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Optimisation: AdamW with linear warm-up then cosine decay to min_lr_ratio * lr."""
+    """Optimisation: AdamW with linear warm-up then cosine decay to min_lr_ratio * lr.
+
+    state_passing: every step starts from the final state of the previous step's batch
+    (row by row, detached) instead of zeros, so the model also trains on the states it
+    would reach far into sequences longer than seq_len (Buitrago Ruiz & Gu 2025, "Understanding
+    and Improving Length Generalization in Recurrent Models"); for recurrent layers only.
+    """
 
     steps: int = 300
     batch_size: int = 32
@@ -47,6 +53,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 100
+    state_passing: bool = False
 
     def __post_init__(self) -> None:
         for name in (

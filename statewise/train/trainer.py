@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from statewise.models import build_model
+from statewise.models import ModelConfig, build_model
+from statewise.ops.tree import tree_map
 from statewise.tasks.config import build_task
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig
@@ -57,9 +58,11 @@ def train(
             f"task's vocabulary {task.vocab_size}"
         )
     torch.manual_seed(tc.seed)
+    if tc.state_passing:
+        check_fixed_size_state(config.model)
     model = build_model(config.model)
     optimizer = make_optimizer(model, tc)
-    start, tokens, metrics = 0, 0, []
+    start, tokens, metrics, carried = 0, 0, [], None
     if continuing:
         stored = checkpoint.load_run_config(out)
         if (stored.model, stored.data) != (config.model, config.data):
@@ -72,6 +75,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, tokens = state["step"], state["tokens"]
+        carried = state.get("carried")
         metrics = checkpoint.load_metrics(out)
 
     def save(done: int) -> None:
@@ -80,6 +84,7 @@ def train(
             "tokens": tokens,
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(),
+            "carried": carried,  # state passing: resuming stays exact
         }
         checkpoint.save(out, config, model, train_state, metrics)
 
@@ -99,7 +104,12 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs, targets = task.train_batch(step, tc.batch_size)
-            loss = token_loss(model(inputs), targets)
+            if tc.state_passing:
+                logits, final = model(inputs, state=carried, return_state=True)
+                carried = tree_map(torch.Tensor.detach, final)
+            else:
+                logits = model(inputs)
+            loss = token_loss(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -138,6 +148,16 @@ def train(
     finally:
         bar.close()
     return metrics[-1] if metrics else {"step": done}
+
+
+def check_fixed_size_state(config: ModelConfig) -> None:
+    """ValueError if a block's state grows with the sequence (attention's key-value cache),
+    which state passing would grow without end."""
+    if "attention" in (config.layers or [config.layer]):
+        raise ValueError(
+            "train.state_passing needs layers whose state has a fixed size; attention's "
+            "key-value cache grows with every step"
+        )
 
 
 def _describe(record: dict[str, Any]) -> str:

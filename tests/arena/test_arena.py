@@ -115,6 +115,8 @@ def _assert_usage_error(code, err, *words):
         (["--seeds", "0"], ["--seeds must be positive"]),
         (["--steps", "0"], ["--steps must be positive"]),
         (["--layers", ","], ["--layers is empty"]),
+        (["--jobs", "0"], ["--jobs must be 1 .."]),
+        (["--jobs", "100000"], ["--jobs must be 1 .."]),
         (["--budget-s", "soon"], ["invalid float value"]),
     ],
 )
@@ -154,3 +156,22 @@ def test_time_budget_plans_steps(tiny_suite, tmp_path):
     assert cell["steps"] >= 1 and cell["settings"]["budget_s"] == 0.5
     assert cell["settings"]["steps"] is None and report["options"]["budget_s"] == 0.5
     assert len(lines) == 2 and "training (" in lines[0] and "val_accuracy" in lines[1]
+
+
+def test_jobs_train_cells_in_worker_processes_with_the_same_results(tiny_run, tiny_suite, tmp_path):
+    """--jobs 2: the cells run in two spawned processes (one torch thread each here) and give
+    what the in-process run gave: the same widths, steps and sweeps (seeded), and losses
+    equal up to the float reordering of a different thread count."""
+    lines: list[str] = []
+    report = _run(tiny_suite, tmp_path, lines, jobs=2)
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == sorted(
+        p.name for p in (tiny_run[0] / "cells").iterdir()
+    )
+    assert sum(": training (" in line for line in lines) == 4
+    assert report["options"]["jobs"] == 2
+    before = {(c["task"], c["layer"]): c for c in tiny_run[1]["cells"]}
+    for cell in report["cells"]:
+        old = before[cell["task"], cell["layer"]]
+        for key in ("d_model", "params", "steps", "lr", "state_floats"):
+            assert cell[key] == old[key], key
+        assert cell["val_loss"] == pytest.approx(old["val_loss"], rel=1e-4)

@@ -78,3 +78,35 @@ def test_weight_decay_skips_vectors_and_tagged_parameters():
     groups = make_optimizer(model, RunConfig().train).param_groups
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model.matrix)}
+
+
+@pytest.mark.parametrize(
+    "layer, undecayed",
+    [
+        ("mamba", {"A_log"}),
+        ("s4d", {"log_A_real", "A_imag", "B"}),
+        ("rglru", {"rg_lru.input_gate_bias", "rg_lru.recurrent_gate_bias"}),
+        (
+            "rwkv",
+            {
+                "att.time_maa_w1",
+                "att.time_maa_w2",
+                "att.time_decay_w1",
+                "att.time_decay_w2",
+                "att.time_faaaa",
+            },
+        ),
+    ],
+)
+def test_layers_keep_their_dynamics_out_of_weight_decay(layer, undecayed):
+    """The references train these without weight decay (Mamba's A_log is _no_weight_decay;
+    RWKV-LM's time_* groups); decaying A_log pulls every decay rate towards exp(0) = 1."""
+    from statewise.layers.registry import get
+    from statewise.train.optim import make_optimizer
+
+    mixer = get(layer, 64)
+    groups = make_optimizer(mixer, RunConfig().train).param_groups
+    names = {id(p): n for n, p in mixer.named_parameters()}
+    kept = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    matrices_kept = {n for n in kept if mixer.get_parameter(n).dim() >= 2}
+    assert matrices_kept == undecayed

@@ -1,0 +1,77 @@
+"""train.state_passing: each step starts from the previous batch's final state, detached;
+resuming stays exact; layers whose state grows are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from statewise.ops.tree import tree_leaves
+from statewise.train import checkpoint
+from statewise.train.config import load_config
+from statewise.train.trainer import train
+
+
+def _config(path, **train):
+    config = load_config(path)
+    for key, value in {"state_passing": True, **train}.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def test_each_step_starts_from_the_last_final_state(tiny_config, tmp_path, monkeypatch):
+    from statewise.models.heads import LanguageModel
+
+    calls = []
+    forward = LanguageModel.forward
+
+    def recording(self, ids, state=None, mask=None, return_state=False):
+        out = forward(self, ids, state=state, mask=mask, return_state=return_state)
+        if self.training:
+            calls.append((state, out[1] if return_state else None))
+        return out
+
+    monkeypatch.setattr(LanguageModel, "forward", recording)
+    train(_config(tiny_config(steps=3)), tmp_path / "run", progress=False)
+    assert len(calls) == 3 and calls[0][0] is None
+    for (_, final), (given, _) in zip(calls, calls[1:]):
+        assert final is not None and given is not None
+        for a, b in zip(tree_leaves(final), tree_leaves(given), strict=True):
+            assert not b.requires_grad
+            assert torch.equal(a.detach(), b) and a.abs().sum() > 0
+
+
+def test_resume_with_state_passing_is_exact(tiny_config, tmp_path, monkeypatch):
+    from statewise.train import trainer
+
+    config = tiny_config(steps=8)
+    whole = train(_config(config), tmp_path / "whole", progress=False)
+
+    build = trainer.build_task
+
+    def interrupted_at_step_5(data, seed):  # Ctrl-C while step 5's batch is drawn
+        task = build(data, seed)
+        draw = task.train_batch
+
+        def train_batch(step, batch_size):
+            if step == 5:
+                raise KeyboardInterrupt
+            return draw(step, batch_size)
+
+        task.train_batch = train_batch
+        return task
+
+    monkeypatch.setattr(trainer, "build_task", interrupted_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(config), tmp_path / "split", progress=False)
+    stopped = checkpoint.load_train_state(tmp_path / "split")
+    assert stopped["step"] == 5 and stopped["carried"] is not None
+    monkeypatch.setattr(trainer, "build_task", build)
+    rest = train(_config(config), tmp_path / "split", resume=True, progress=False)
+    assert rest["loss"] == whole["loss"] and rest["val_loss"] == whole["val_loss"]
+
+
+def test_attention_is_refused(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="fixed size"):
+        train(_config(tiny_config(layer="attention")), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
