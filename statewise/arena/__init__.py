@@ -30,6 +30,7 @@ def resolve(
     seeds: int | None = None,
     params: int | None = None,
     steps: int | None = None,
+    d_model: int | None = None,
 ) -> tuple[Suite, list[TaskSpec], list[str]]:
     """The suite with the overrides applied, its task specs and layers; ValueError with a
     one-line message for anything unknown or out of range."""
@@ -49,6 +50,7 @@ def resolve(
         ("--seeds", seeds),
         ("--params", params),
         ("--steps", steps),
+        ("--d-model", d_model),
     ):
         if value is not None and not value > 0:
             raise ValueError(f"statewise arena: {flag} must be positive, got {value:g}")
@@ -69,6 +71,7 @@ def resolve(
         budget_s=chosen.budget_s if budget_s is None else float(budget_s),
         seeds=chosen.seeds if seeds is None else seeds,
         params=chosen.params if params is None else params,
+        d_model=chosen.d_model if d_model is None else d_model,
     )
     return chosen, specs, layers
 
@@ -83,13 +86,15 @@ def run_arena(
     seeds: int | None = None,
     params: int | None = None,
     steps: int | None = None,
+    d_model: int | None = None,
     jobs: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) an arena and write OUT/leaderboard.{json,md}, the PNG plots and
     OUT/index.html; returns the leaderboard JSON. ``suite`` is a name from ``builtin_suites()``
     or a Suite of one's own. ``steps`` replaces the time budget by a
-    fixed step count per learning rate (reproducible to the bit). ``jobs`` cells train at
+    fixed step count per learning rate (reproducible to the bit); ``d_model`` builds every
+    model at that width instead of matching the parameter budget. ``jobs`` cells train at
     once, each in a process of its own with an equal share of torch's threads."""
     import torch
 
@@ -98,7 +103,7 @@ def run_arena(
     from statewise.arena.report_html import render
     from statewise.arena.runner import run_cells, write_json
 
-    chosen, specs, layers = resolve(suite, layers, tasks, budget_s, seeds, params, steps)
+    chosen, specs, layers = resolve(suite, layers, tasks, budget_s, seeds, params, steps, d_model)
     cpus = os.cpu_count() or 1
     if not (isinstance(jobs, int) and 1 <= jobs <= cpus):
         raise ValueError(f"statewise arena: --jobs must be 1 .. {cpus} (the CPUs), got {jobs}")
@@ -112,6 +117,7 @@ def run_arena(
         "layers": layers,
         "tasks": list(chosen.tasks),
         "params": chosen.params,
+        "d_model": chosen.d_model,
         "budget_s": time_budget,
         "steps": steps,
         "seeds": chosen.seeds,

@@ -41,6 +41,12 @@ def add_arena_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--params", type=int, metavar="N", help="parameter budget per model (default: the suite's)"
     )
     p.add_argument(
+        "--d-model",
+        type=int,
+        metavar="N",
+        help="build every model at width N instead of matching the parameter budget",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -74,6 +80,7 @@ def cmd_arena(args: argparse.Namespace, extra: list[str]) -> int:
         seeds=args.seeds,
         params=args.params,
         steps=args.steps,
+        d_model=args.d_model,
         jobs=args.jobs,
     )
     print((out / "leaderboard.md").read_text(encoding="utf-8"), end="")

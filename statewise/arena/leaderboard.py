@@ -114,12 +114,19 @@ def direction(entry: dict[str, Any]) -> str:
     return "higher is better" if entry["higher_is_better"] else "lower is better"
 
 
+def model_size(options: dict[str, Any]) -> str:
+    """How the models were sized: a fixed width or a parameter budget."""
+    if options.get("d_model"):
+        return f"Every model at d_model {options['d_model']}"
+    return f"Parameter budget {options['params']:,} per model"
+
+
 def to_markdown(board: dict[str, Any], options: dict[str, Any]) -> str:
     """One ranked table per task."""
     lines = [
         f"# statewise arena: {options.get('suite', 'custom')}",
         "",
-        f"Parameter budget {options['params']:,} per model; "
+        f"{model_size(options)}; "
         + (
             f"{options['budget_s']:g} s of training per cell (lr sweep included)"
             if options.get("steps") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from statewise.arena.leaderboard import direction, table
+from statewise.arena.leaderboard import direction, model_size, table
 from statewise.arena.plots import PLOTS
 
 STYLE = """
@@ -23,7 +23,7 @@ def render(board: dict[str, Any], options: dict[str, Any], plots: list[str]) -> 
         '<html><head><meta charset="utf-8"><title>statewise arena</title>',
         f"<style>{STYLE}</style></head><body>",
         f"<h1>statewise arena: {escape(str(options.get('suite', 'custom')))}</h1>",
-        f"<p>Parameter budget {options['params']:,}; seeds {options['seeds']}; "
+        f"<p>{model_size(options)}; seeds {options['seeds']}; "
         f"layers {escape(', '.join(options['layers']))}. "
         'Also as <a href="leaderboard.md">Markdown</a> and '
         '<a href="leaderboard.json">JSON</a>.</p>',

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from statewise.arena.budget import match_d_model, model_state_floats
+from statewise.arena.budget import count_params, match_d_model, model_state_floats
 from statewise.arena.suites import Suite, TaskSpec
 from statewise.fit import train_loop
 from statewise.models import ModelConfig, build_model
@@ -63,6 +63,7 @@ def cell_settings(
         "layer": layer,
         "seed": seed,
         "params_budget": suite.params,
+        "d_model": suite.d_model,
         "budget_s": budget_s,
         "steps": steps,
         "lrs": list(suite.lrs_for(info(layer).family)),
@@ -171,7 +172,13 @@ def run_cell(
     task = checked_task(spec, seed)
     metric = task.metric
     base = ModelConfig(layer=layer, n_layers=suite.n_layers, vocab_size=task.vocab_size)
-    d_model, params = match_d_model(base, suite.params)
+    if suite.d_model is None:
+        d_model, params = match_d_model(base, suite.params)
+    else:
+        d_model, params = (
+            suite.d_model,
+            count_params(build_model(replace(base, d_model=suite.d_model))),
+        )
     config = replace(base, d_model=d_model)
     seq_len = task.train_batch(0, 1)[0].shape[1]
     lrs = settings["lrs"]

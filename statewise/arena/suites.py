@@ -71,7 +71,8 @@ def known_tasks() -> list[str]:
 @dataclass(frozen=True)
 class Suite:
     """layers, tasks; params: the parameter budget of every model (d_model is chosen per
-    layer to come closest); budget_s: training seconds per cell, shared by the lr sweep;
+    layer to come closest), unless d_model fixes the width of every model (Zoology's
+    comparison); budget_s: training seconds per cell, shared by the lr sweep;
     lrs: the learning rates tried per cell, per layer family (key "default" for the rest);
     seeds: how many seeds (0 .. seeds-1)."""
 
@@ -85,6 +86,7 @@ class Suite:
     n_layers: int = 2
     batch_size: int = 32
     eval_batches: int = 4
+    d_model: int | None = None  # every model at this width instead of matching ``params``
 
     def lrs_for(self, family: str) -> tuple[float, ...]:
         return self.lrs.get(family, self.lrs["default"])

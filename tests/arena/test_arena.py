@@ -116,6 +116,7 @@ def _assert_usage_error(code, err, *words):
         (["--steps", "0"], ["--steps must be positive"]),
         (["--layers", ","], ["--layers is empty"]),
         (["--jobs", "0"], ["--jobs must be 1 .."]),
+        (["--d-model", "0"], ["--d-model must be positive"]),
         (["--jobs", "100000"], ["--jobs must be 1 .."]),
         (["--budget-s", "soon"], ["invalid float value"]),
     ],
@@ -175,3 +176,14 @@ def test_jobs_train_cells_in_worker_processes_with_the_same_results(tiny_run, ti
         for key in ("d_model", "params", "steps", "lr", "state_floats"):
             assert cell[key] == old[key], key
         assert cell["val_loss"] == pytest.approx(old["val_loss"], rel=1e-4)
+
+
+def test_d_model_fixes_every_width(tiny_suite, tmp_path):
+    """--d-model: every model at that width (Zoology's comparison), not the budget's."""
+    report = _run(tiny_suite, tmp_path, d_model=16)
+    for cell in report["cells"]:
+        assert cell["d_model"] == 16 and cell["settings"]["d_model"] == 16
+    assert len({c["params"] for c in report["cells"]}) > 1  # the layers differ in size
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "Every model at d_model 16" in md
+    assert "Every model at d_model 16" in (tmp_path / "index.html").read_text()
