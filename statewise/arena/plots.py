@@ -27,26 +27,34 @@ def _grid(plt, n: int, width: float = 4.5, height: float = 3.4):
 
 def mqar_vs_state(board: dict[str, Any], path: Path) -> bool:
     """MQAR accuracy against state size (floats per sequence, log scale), one point per
-    layer; False if the arena had no mqar results."""
-    rows = [r for r in board.get("mqar", {}).get("rows", []) if r.get("value") is not None]
-    if not rows:
+    layer and one colour per MQAR task (mqar, mqar_128x8, ...); False if the arena had no
+    MQAR results."""
+    tasks = [t for t in board if t == "mqar" or t.startswith("mqar_")]
+    series = {t: [r for r in board[t]["rows"] if r.get("value") is not None] for t in tasks}
+    if not any(series.values()):
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        ax.scatter(r["state_floats"], r["value"], s=30)
-        ax.annotate(
-            r["layer"],
-            (r["state_floats"], r["value"]),
-            fontsize=8,
-            xytext=(4, 3),
-            textcoords="offset points",
+    for task, rows in series.items():
+        points = ax.scatter(
+            [r["state_floats"] for r in rows], [r["value"] for r in rows], s=30, label=task
         )
+        for r in rows:
+            ax.annotate(
+                r["layer"],
+                (r["state_floats"], r["value"]),
+                fontsize=8,
+                color=points.get_facecolor()[0],
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("state size (floats per sequence, all layers)")
-    ax.set_ylabel(board["mqar"]["metric"])
+    ax.set_ylabel(board[tasks[0]]["metric"])
     ax.set_title("MQAR: recall against state size")
+    if len(tasks) > 1:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -36,6 +36,10 @@ def _state_tracking(name: str) -> TaskSpec:
 # the Zoology setting: length 64, vocabulary 128, 4 key-value pairs
 TASK_SPECS: dict[str, TaskSpec] = {
     "mqar": TaskSpec("mqar", {"task": "mqar", "seq_len": 64, "vocab_size": 128, "n_pairs": 4}),
+    # the harder Zoology point of the arena issue: 8 pairs at length 128
+    "mqar_128x8": TaskSpec(
+        "mqar_128x8", {"task": "mqar", "seq_len": 128, "vocab_size": 128, "n_pairs": 8}
+    ),
     **{n: _state_tracking(n) for n in ("parity", "mod_arith", "cycle_nav", "even_pairs")},
     "mod_arith_brackets": _state_tracking("mod_arith_brackets"),
     "selective_copy": TaskSpec(
