@@ -9,6 +9,7 @@ ends when the budget does; the budget also stops the run if the plan was optimis
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -16,7 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -218,6 +219,7 @@ def run_cell(
         "tokens_per_s": best["tokens_per_s"],
         "train_seconds": best["train_seconds"],
         "seconds": round(time.perf_counter() - start, 3),
+        "threads": torch.get_num_threads(),
         "val_loss": best["val_loss"],
         "val_accuracy": best.get("val_accuracy"),
         "val_bits_per_char": best.get("val_bits_per_char"),
@@ -370,21 +372,35 @@ class _InlineExecutor(Executor):
         return future
 
 
-def _executor(jobs: int, threads: int) -> Executor:
+# the environment a --jobs worker starts with: numba sizes its thread pool once, when it is
+# imported, and a pool larger than the worker's share of the cores slows every process on
+# the machine (measured: mamba's training step 2.5x slower with 2 workers of 2 numba threads)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _executor(jobs: int, threads: int) -> Iterator[Executor]:
+    """jobs=1: this process; else ``jobs`` spawned workers of ``threads`` threads each. An
+    interrupted arena (Ctrl-C, an error) drops the cells not yet started at once."""
     if jobs == 1:
-        return _InlineExecutor()
-    return ProcessPoolExecutor(
-        jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_threads,
-        initargs=(threads,),
-    )
-
-
-def _worker_threads(threads: int) -> None:
-    """A worker of ``--jobs``: ``threads`` threads for torch; the numba kernels never use
-    more than torch's count (statewise.kernels.scan.threads_for)."""
-    torch.set_num_threads(threads)
+        yield _InlineExecutor()
+        return
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield pool
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _done(cells_dir: Path, spec: TaskSpec, layer: str, seed: int) -> bool:

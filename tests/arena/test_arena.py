@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from statewise.arena import run_arena
 
@@ -170,6 +171,8 @@ def test_jobs_train_cells_in_worker_processes_with_the_same_results(tiny_run, ti
     )
     assert sum(": training (" in line for line in lines) == 4
     assert report["options"]["jobs"] == 2
+    share = max(1, torch.get_num_threads() // 2)
+    assert {c["threads"] for c in report["cells"]} == {share}
     before = {(c["task"], c["layer"]): c for c in tiny_run[1]["cells"]}
     for cell in report["cells"]:
         old = before[cell["task"], cell["layer"]]
