@@ -1,0 +1,31 @@
+"""numba's thread pool follows OMP_NUM_THREADS unless NUMBA_NUM_THREADS is set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("numba", reason="the numba backend is not installed")
+
+PROBE = "import statewise.kernels.scan, numba; print(numba.config.NUMBA_NUM_THREADS)"
+
+
+def _pool_size(**env: str) -> int:
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to tell the sizes apart")
+def test_omp_num_threads_sizes_the_numba_pool():
+    assert _pool_size(OMP_NUM_THREADS="1") == 1
+    assert _pool_size(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2") == 2  # the user's choice wins
+    assert _pool_size() == os.cpu_count()  # neither set: numba's default, every core
