@@ -8,10 +8,13 @@ Set STATEWISE_DEBUG=1 to see the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from statewise import layers
@@ -144,20 +147,45 @@ def _backend_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``), raised where the program is, so that the same
+    clean-up runs as for Ctrl-C: ``train`` saves a checkpoint, ``arena`` keeps its cells."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals: main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args, extra = build_parser().parse_known_args(argv)
-        if extra and args.command != "train":
-            raise UsageError(f"statewise {args.command}: unrecognized arguments: {' '.join(extra)}")
-        return COMMANDS[args.command](args, extra)
-    except KeyboardInterrupt:
+        with _sigterm_as_interrupt():
+            args, extra = build_parser().parse_known_args(argv)
+            if extra and args.command != "train":
+                raise UsageError(
+                    f"statewise {args.command}: unrecognized arguments: {' '.join(extra)}"
+                )
+            return COMMANDS[args.command](args, extra)
+    except KeyboardInterrupt as stop:
         how = {
             "train": "continue it with --resume auto",
             "arena": "rerun the same command to resume; finished cells are kept",
         }.get(argv[0] if argv else "", "nothing was saved")
-        print(f"statewise: interrupted ({how})", file=sys.stderr)
-        return 130
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"statewise: {what} ({how})", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     except (ValueError, TypeError, OSError) as err:
         if os.environ.get("STATEWISE_DEBUG"):
             raise

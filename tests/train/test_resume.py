@@ -94,3 +94,43 @@ def test_a_swap_cut_short_is_recovered(tmp_path, tiny_config):
     (tmp_path / "run.tmp").mkdir()  # a half-written newer checkpoint
     assert checkpoint.is_checkpoint(out)
     assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted(
+    tmp_path, tiny_config, monkeypatch, capsys
+):
+    """SIGTERM (a scheduler stopping the job) checkpoints the step in progress and exits
+    143; the resumed run ends as the uninterrupted one. No periodic checkpoint falls inside
+    the run, so the only one to resume from is the one SIGTERM wrote. The signal is sent
+    by the process to itself while step 7's batch is drawn, so the test needs no timing."""
+    from statewise import cli
+    from statewise.train import trainer
+
+    config = str(tiny_config(steps=20, checkpoint_every=1000))
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert cli.main(["train", config, "--out", str(whole), "--no-progress"]) == 0
+
+    build = trainer.build_task
+
+    def terminated_at_step_7(data, seed):
+        task = build(data, seed)
+        draw = task.train_batch
+
+        def train_batch(step, batch_size):
+            if step == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return draw(step, batch_size)
+
+        task.train_batch = train_batch
+        return task
+
+    monkeypatch.setattr(trainer, "build_task", terminated_at_step_7)
+    code = cli.main(["train", config, "--out", str(stopped), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 143 and "terminated" in err and "--resume auto" in err
+    assert checkpoint.load_train_state(stopped)["step"] == 7
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    monkeypatch.setattr(trainer, "build_task", build)
+    args = ["train", config, "--out", str(stopped), "--resume", "auto", "--no-progress"]
+    assert cli.main(args) == 0
+    assert losses(stopped) == losses(whole)
