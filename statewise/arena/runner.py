@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ TEST_BATCHES = 2  # batches per test length
 CURVE_POINTS = 100  # loss-curve points kept per cell
 FEW_STEPS = 50  # below this a time-budgeted run has not learned much: say so
 FEW_STEPS_NOTE = "; few steps fit the budget: a busy machine or a small --budget-s"
+PROBE_STEPS = 3  # timed passes that plan a time-budgeted run
 METRICS = ("accuracy", "bits_per_char")  # the task metrics the arena knows how to rank
 
 
@@ -139,15 +141,20 @@ def _train_run(
 
 
 def _plan_steps(model: torch.nn.Module, task: Any, batch: int, budget_s: float) -> int:
-    """Steps that fit ``budget_s``: one untimed forward/backward (kernels compile), one
-    timed; the optimizer step is not in the probe, the budget stops an optimistic plan."""
+    """Steps that fit ``budget_s``, from the median of PROBE_STEPS timed forward/backward
+    passes after an untimed one (kernels compile, buffers are allocated). One timed pass
+    was not enough: a fresh worker's first passes ran up to 2x slow, and the runs planned
+    from them stopped with 40% of their budget unused. The optimizer step is not in the
+    probe; the budget stops an optimistic plan."""
     inputs, targets = task.train_batch(0, batch)
     token_loss(model(inputs), targets).backward()
-    start = time.perf_counter()
-    token_loss(model(inputs), targets).backward()
-    elapsed = time.perf_counter() - start
+    times = []
+    for _ in range(PROBE_STEPS):
+        start = time.perf_counter()
+        token_loss(model(inputs), targets).backward()
+        times.append(time.perf_counter() - start)
     model.zero_grad(set_to_none=True)
-    return max(1, int(budget_s / max(elapsed, 1e-6)))
+    return max(1, int(budget_s / max(statistics.median(times), 1e-6)))
 
 
 def _better(a: dict[str, Any], b: dict[str, Any], metric: str) -> bool:
