@@ -110,6 +110,30 @@ def table(task: str, entry: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return head, body
 
 
+def overview(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Every layer against every task, its headline metric and its rank in that task
+    (``0.998 (1)``), layers in the order of their mean rank (then name); shared by Markdown
+    and HTML."""
+    ranks: dict[str, dict[str, tuple[int, float | None]]] = {}
+    for task, entry in board.items():
+        for i, r in enumerate(entry["rows"], 1):
+            ranks.setdefault(r["layer"], {})[task] = (i, r.get("value"))
+    mean_rank = {layer: statistics.fmean(i for i, _ in r.values()) for layer, r in ranks.items()}
+    order = sorted(ranks, key=lambda layer: (mean_rank[layer], layer))
+    head = ["layer", "mean rank"] + [
+        f"{task} ({'↑' if entry['higher_is_better'] else '↓'})" for task, entry in board.items()
+    ]
+    body = []
+    for layer in order:
+        mine = ranks[layer]
+        line = [layer, f"{mean_rank[layer]:.1f}"]
+        for task in board:
+            i, value = mine.get(task, (None, None))
+            line.append("" if i is None else f"{_fmt(value, '.3f')} ({i})")
+        body.append(line)
+    return head, body
+
+
 def direction(entry: dict[str, Any]) -> str:
     return "higher is better" if entry["higher_is_better"] else "lower is better"
 
@@ -119,6 +143,14 @@ def model_size(options: dict[str, Any]) -> str:
     if options.get("d_model"):
         return f"Every model at d_model {options['d_model']}"
     return f"Parameter budget {options['params']:,} per model"
+
+
+def _markdown(head: list[str], body: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+        *("| " + " | ".join(row) + " |" for row in body),
+    ]
 
 
 def to_markdown(board: dict[str, Any], options: dict[str, Any]) -> str:
@@ -135,10 +167,9 @@ def to_markdown(board: dict[str, Any], options: dict[str, Any]) -> str:
         + f"; seeds {options['seeds']}. state = floats per sequence; seconds = the whole "
         "cell (sweep and evaluation).",
     ]
+    if len(board) > 1:
+        lines += ["", "## Overview: metric (rank) per task", "", *_markdown(*overview(board))]
     for task, entry in board.items():
-        head, body = table(task, entry)
         lines += ["", f"## {task}: {entry['metric']} ({direction(entry)})", ""]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "|".join("---" for _ in head) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines += _markdown(*table(task, entry))
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from statewise.arena.leaderboard import direction, model_size, table
+from statewise.arena.leaderboard import direction, model_size, overview, table
 from statewise.arena.plots import PLOTS
 
 STYLE = """
@@ -15,6 +15,15 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; } td:nth-child(2) { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; }
 """
+
+
+def _html(head: list[str], body: list[list[str]]) -> list[str]:
+    return [
+        "<table>",
+        "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>",
+        *("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body),
+        "</table>",
+    ]
 
 
 def render(board: dict[str, Any], options: dict[str, Any], plots: list[str]) -> str:
@@ -28,15 +37,13 @@ def render(board: dict[str, Any], options: dict[str, Any], plots: list[str]) -> 
         'Also as <a href="leaderboard.md">Markdown</a> and '
         '<a href="leaderboard.json">JSON</a>.</p>',
     ]
+    if len(board) > 1:
+        parts += ["<h2>Overview: metric (rank) per task</h2>", *_html(*overview(board))]
     for task, entry in board.items():
-        head, body = table(task, entry)
         parts.append(
-            f"<h2>{escape(task)}: {escape(str(entry['metric']))} ({direction(entry)})</h2><table>"
+            f"<h2>{escape(task)}: {escape(str(entry['metric']))} ({direction(entry)})</h2>"
         )
-        parts.append("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>")
-        for row in body:
-            parts.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>")
-        parts.append("</table>")
+        parts += _html(*table(task, entry))
     for name in plots:
         title = PLOTS[name][0]
         parts.append(f'<h2>{escape(title)}</h2><img src="{escape(name)}" alt="{escape(title)}">')

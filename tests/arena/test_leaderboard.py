@@ -70,3 +70,27 @@ def test_aggregate_averages_seeds_and_ranks_per_task():
     md = to_markdown(board, options)
     assert "| 1 | attention | 1.0000 |" in md and "| 3 | broken | failed: NaN loss |" in md
     assert "0.6000 ± 0.1414" in md and "(lower is better)" in md
+
+
+def test_overview_crosses_layers_and_tasks_by_mean_rank():
+    from statewise.arena.leaderboard import overview
+
+    board = aggregate(
+        [
+            _cell("mqar", "lstm", 0.5),
+            _cell("mqar", "attention", 1.0),
+            _cell("mqar", "mamba", 0.7),
+            _cell("char_lm", "lstm", 1.6, higher=False),
+            _cell("char_lm", "mamba", 1.9, higher=False),
+        ]
+    )
+    head, body = overview(board)
+    assert head == ["layer", "mean rank", "mqar (↑)", "char_lm (↓)"]
+    # lstm: ranks 3 and 1 -> 2.0; attention: 1 (no char_lm) -> 1.0; mamba: 2 and 2 -> 2.0
+    assert body == [
+        ["attention", "1.0", "1.000 (1)", ""],
+        ["lstm", "2.0", "0.500 (3)", "1.600 (1)"],
+        ["mamba", "2.0", "0.700 (2)", "1.900 (2)"],
+    ]
+    md = to_markdown(board, {"params": 100, "budget_s": 1.0, "seeds": 1})
+    assert "## Overview: metric (rank) per task" in md and "| lstm | 2.0 |" in md
