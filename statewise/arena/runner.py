@@ -3,7 +3,7 @@ loop over all cells, which skips cells whose result file already exists (resume)
 
 Training reuses ``statewise.fit.train_loop`` (AdamW, warm-up + cosine, clipping, a step
 count and a wall-clock budget), the metrics ``statewise.train.evaluate``. With a time
-budget the step count of a run is planned from one timed step, so the cosine schedule
+budget the step count of a run is planned from three timed passes, so the cosine schedule
 ends when the budget does; the budget also stops the run if the plan was optimistic.
 """
 
