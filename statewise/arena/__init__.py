@@ -96,8 +96,6 @@ def run_arena(
     fixed step count per learning rate (reproducible to the bit); ``d_model`` builds every
     model at that width instead of matching the parameter budget. ``jobs`` cells train at
     once, each in a process of its own with an equal share of torch's threads."""
-    import torch
-
     from statewise.arena.leaderboard import aggregate, to_json, to_markdown
     from statewise.arena.plots import write_plots
     from statewise.arena.report_html import render
@@ -124,7 +122,6 @@ def run_arena(
         "n_layers": chosen.n_layers,
         "batch_size": chosen.batch_size,
         "jobs": jobs,
-        "threads_per_job": max(1, torch.get_num_threads() // jobs),
     }
     board = aggregate(results)
     report = to_json(board, results, options)

@@ -37,7 +37,8 @@ class TrainConfig:
     state_passing: every step starts from the final state of the previous step's batch
     (row by row, detached) instead of zeros, so the model also trains on the states it
     would reach far into sequences longer than seq_len (Buitrago Ruiz & Gu 2025, "Understanding
-    and Improving Length Generalization in Recurrent Models"); for recurrent layers only.
+    and Improving Length Generalization in Recurrent Models"). Refused for global attention,
+    whose key-value cache would fill up; local attention (a window) is fine.
     """
 
     steps: int = 300

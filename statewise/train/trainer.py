@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from statewise.models import ModelConfig, build_model
+from statewise.models import build_model
 from statewise.ops.tree import tree_map
 from statewise.tasks.config import build_task
 from statewise.train import checkpoint
@@ -58,9 +58,9 @@ def train(
             f"task's vocabulary {task.vocab_size}"
         )
     torch.manual_seed(tc.seed)
-    if tc.state_passing:
-        check_fixed_size_state(config.model)
     model = build_model(config.model)
+    if tc.state_passing:
+        check_fixed_size_state(model)
     optimizer = make_optimizer(model, tc)
     start, tokens, metrics, carried = 0, 0, [], None
     if continuing:
@@ -150,13 +150,16 @@ def train(
     return metrics[-1] if metrics else {"step": done}
 
 
-def check_fixed_size_state(config: ModelConfig) -> None:
-    """ValueError if a block's state grows with the sequence (attention's key-value cache),
-    which state passing would grow without end."""
-    if "attention" in (config.layers or [config.layer]):
+def check_fixed_size_state(model: torch.nn.Module) -> None:
+    """ValueError if ``model`` has global attention: its key-value cache holds every token
+    of the stream up to max_len, which state passing would reach after a few steps (local
+    attention, with a window, keeps a fixed-size cache and is fine)."""
+    from statewise.layers.attention import Attention
+
+    if any(isinstance(m, Attention) and not m.window for m in model.modules()):
         raise ValueError(
-            "train.state_passing needs layers whose state has a fixed size; attention's "
-            "key-value cache grows with every step"
+            "train.state_passing needs states of a fixed size; global attention's key-value "
+            "cache grows with every step (give attention a window, or leave state_passing off)"
         )
 
 

@@ -71,7 +71,10 @@ def test_resume_with_state_passing_is_exact(tiny_config, tmp_path, monkeypatch):
     assert rest["loss"] == whole["loss"] and rest["val_loss"] == whole["val_loss"]
 
 
-def test_attention_is_refused(tiny_config, tmp_path):
+def test_global_attention_is_refused_local_attention_runs(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="fixed size"):
-        train(_config(tiny_config(layer="attention")), tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()
+        train(_config(tiny_config(layer="attention")), tmp_path / "global", progress=False)
+    assert not (tmp_path / "global").exists()
+    local = _config(tiny_config(layer="attention", steps=4))
+    local.model.layer_kwargs = {"window": 8}  # a fixed-size cache of 7 tokens
+    assert train(local, tmp_path / "local", progress=False)["step"] == 4
