@@ -39,6 +39,10 @@ class TrainConfig:
     would reach far into sequences longer than seq_len (Buitrago Ruiz & Gu 2025, "Understanding
     and Improving Length Generalization in Recurrent Models"). Refused for global attention,
     whose key-value cache would fill up; local attention (a window) is fine.
+
+    budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
+    The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
+    ``steps`` to about what fits (``statewise arena`` plans its steps from timed passes).
     """
 
     steps: int = 300
@@ -55,6 +59,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 100
     state_passing: bool = False
+    budget_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -69,8 +74,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ConfigError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
+        if min(self.warmup_steps, self.grad_clip, self.weight_decay, self.budget_s) < 0:
+            raise ConfigError(
+                "train.warmup_steps, grad_clip, weight_decay and budget_s must be >= 0"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

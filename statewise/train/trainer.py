@@ -19,7 +19,7 @@ from statewise.models import build_model
 from statewise.ops.tree import tree_map
 from statewise.tasks.config import build_task
 from statewise.train import checkpoint
-from statewise.train.config import RunConfig
+from statewise.train.config import RunConfig, TrainConfig
 from statewise.train.evaluate import evaluate, token_loss
 from statewise.train.optim import lr_at, make_optimizer
 
@@ -62,7 +62,7 @@ def train(
     if tc.state_passing:
         check_fixed_size_state(model)
     optimizer = make_optimizer(model, tc)
-    start, tokens, metrics, carried = 0, 0, [], None
+    start, tokens, metrics, carried, seconds_before = 0, 0, [], None, 0.0
     if continuing:
         stored = checkpoint.load_run_config(out)
         if (stored.model, stored.data) != (config.model, config.data):
@@ -76,12 +76,18 @@ def train(
         torch.set_rng_state(state["rng"])
         start, tokens = state["step"], state["tokens"]
         carried = state.get("carried")
+        seconds_before = state.get("seconds", 0.0)
         metrics = checkpoint.load_metrics(out)
+
+    def seconds() -> float:
+        """Training time so far, summed over resumes (what train.budget_s limits)."""
+        return seconds_before + time.perf_counter() - t0
 
     def save(done: int) -> None:
         train_state = {
             "step": done,
             "tokens": tokens,
+            "seconds": seconds(),
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(),
             "carried": carried,  # state passing: resuming stays exact
@@ -98,8 +104,12 @@ def train(
         desc=f"{config.model.layer} {config.data.task}",
     )
     done, t0, tokens_at_t0 = start, time.perf_counter(), tokens
+    end = tc.steps
+    if over_budget(seconds_before, tc):
+        bar.write(f"{out} has used its train.budget_s = {tc.budget_s:g} s; nothing to do")
+        end = start
     try:
-        for step in range(start, tc.steps):
+        for step in range(start, end):
             lr = lr_at(step, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -116,10 +126,11 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             done, tokens = step + 1, tokens + inputs.numel()
-            speed = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
+            speed = (tokens - tokens_at_t0) / max(seconds() - seconds_before, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed:,.0f}", refresh=False)
-            last = done == tc.steps
+            stopped = over_budget(seconds(), tc) and done < tc.steps
+            last = done == tc.steps or stopped
             record: dict[str, Any] = {}
             if done % tc.log_every == 0 or last:
                 record = {
@@ -141,6 +152,12 @@ def train(
                 metrics.append(record)
             if done % tc.checkpoint_every == 0 or last:
                 save(done)
+            if stopped:
+                bar.write(
+                    f"stopped at step {done} of {tc.steps}: train.budget_s = {tc.budget_s:g} s "
+                    "used (the learning-rate schedule is cut where it stands)"
+                )
+                break
     except KeyboardInterrupt:
         if done > start:
             save(done)
@@ -148,6 +165,11 @@ def train(
     finally:
         bar.close()
     return metrics[-1] if metrics else {"step": done}
+
+
+def over_budget(seconds: float, tc: TrainConfig) -> bool:
+    """Whether ``seconds`` of training have used up train.budget_s (0: no budget)."""
+    return tc.budget_s > 0 and seconds >= tc.budget_s
 
 
 def check_fixed_size_state(model: torch.nn.Module) -> None:
