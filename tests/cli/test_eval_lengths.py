@@ -77,3 +77,26 @@ def test_a_task_without_a_test_split_is_refused():
 
     with pytest.raises(ValueError, match="no test split"):
         evaluate_lengths(torch.nn.Identity(), NoSplit(), [5], 2, 1)
+
+
+def test_val_batches_scores_that_many_validation_batches(parity_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(parity_run), "--json", "--val-batches", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = checkpoint.load(str(parity_run))
+    task = build_task(DataConfig(task="parity", train_max_len=6), 0)
+    correct = total = 0
+    with torch.no_grad():
+        for inputs, targets in task.eval_batches(8, 5):
+            real = targets >= 0
+            correct += int((model(inputs).argmax(-1) == targets)[real].sum())
+            total += int(real.sum())
+    assert result["val_accuracy"] == pytest.approx(correct / total)
+
+
+@pytest.mark.parametrize("flag", ["--val-batches", "--test-batches"])
+def test_batch_counts_below_one_are_one_line_errors(parity_run, capsys, flag):
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(parity_run), flag, "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"statewise eval: {flag}") and "\n" not in err
