@@ -388,18 +388,25 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 @contextlib.contextmanager
 def _executor(jobs: int, threads: int) -> Iterator[Executor]:
     """jobs=1: this process; else ``jobs`` spawned workers of ``threads`` threads each. An
-    interrupted arena (Ctrl-C, an error) drops the cells not yet started at once."""
+    interrupted arena (Ctrl-C, SIGTERM, an error) drops the cells not yet started and stops
+    the workers' running cells (they are trained again on a rerun)."""
     if jobs == 1:
         yield _InlineExecutor()
         return
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
     try:
+        others = {p.pid for p in multiprocessing.active_children()}
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
         try:
             yield pool
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
+            # a SIGTERM reaches this process only, and the interpreter would wait at exit
+            # for each worker to finish its cell: stop them (SIGTERM) now
+            for worker in multiprocessing.active_children():
+                if worker.pid not in others:
+                    worker.terminate()
             raise
         pool.shutdown()
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+import time
 
 import pytest
 import torch
@@ -190,3 +192,21 @@ def test_d_model_fixes_every_width(tiny_suite, tmp_path):
     md = (tmp_path / "leaderboard.md").read_text()
     assert "Every model at d_model 16" in md
     assert "Every model at d_model 16" in (tmp_path / "index.html").read_text()
+
+
+def test_an_interrupted_pool_stops_the_cells_its_workers_are_running():
+    """SIGTERM reaches the main process only: the workers' running cells must not go on
+    (the interpreter would wait for them at exit)."""
+    from statewise.arena import runner
+
+    with pytest.raises(KeyboardInterrupt):
+        with runner._executor(2, 1) as pool:
+            future = pool.submit(time.sleep, 600)  # a cell that would run for 10 minutes
+            while not future.running():
+                time.sleep(0.01)
+            workers = multiprocessing.active_children()
+            assert workers
+            raise KeyboardInterrupt
+    for worker in workers:
+        worker.join(timeout=60)
+        assert not worker.is_alive()
