@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
@@ -403,10 +404,11 @@ def _executor(jobs: int, threads: int) -> Iterator[Executor]:
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             # a SIGTERM reaches this process only, and the interpreter would wait at exit
-            # for each worker to finish its cell: stop them (SIGTERM) now
+            # for each worker to finish its cell: interrupt the cells (SIGINT, as Ctrl-C
+            # does), after which the workers exit cleanly
             for worker in multiprocessing.active_children():
                 if worker.pid not in others:
-                    worker.terminate()
+                    os.kill(worker.pid, signal.SIGINT)
             raise
         pool.shutdown()
     finally:
