@@ -39,6 +39,10 @@ class TrainConfig:
     would reach far into sequences longer than seq_len (Buitrago Ruiz & Gu 2025, "Understanding
     and Improving Length Generalization in Recurrent Models"). Refused for global attention,
     whose key-value cache would fill up; local attention (a window) is fine.
+    state_reset: with state passing, the chance that a row starts a step from the initial
+    state instead of its carried one, so the model still works from a fresh start (with
+    0, a model whose state decays slowly can come to rely on the warm states it always
+    trains from: measured on Mamba's induction heads, docs/arena.md).
 
     budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
     The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
@@ -59,6 +63,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 100
     state_passing: bool = False
+    state_reset: float = 0.0
     budget_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -78,6 +83,8 @@ class TrainConfig:
             raise ConfigError(
                 "train.warmup_steps, grad_clip, weight_decay and budget_s must be >= 0"
             )
+        if not 0 <= self.state_reset <= 1:
+            raise ConfigError(f"train.state_reset must be in [0, 1], got {self.state_reset}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -16,12 +16,15 @@ import torch
 from tqdm import tqdm
 
 from statewise.models import build_model
-from statewise.ops.tree import tree_map
+from statewise.ops.tree import carry, tree_leaves, tree_map
+from statewise.tasks.base import step_generator
 from statewise.tasks.config import build_task
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig, TrainConfig
 from statewise.train.evaluate import evaluate, token_loss
 from statewise.train.optim import lr_at, make_optimizer
+
+RESET_SEED_OFFSET = 15_485_863  # train.state_reset draws: a stream of their own
 
 
 def check_out_dir(out: Path, resume: bool) -> bool:
@@ -115,6 +118,8 @@ def train(
                 group["lr"] = lr
             inputs, targets = task.train_batch(step, tc.batch_size)
             if tc.state_passing:
+                if carried is not None and tc.state_reset > 0:
+                    carried = reset_rows(model, carried, tc, step)
                 logits, final = model(inputs, state=carried, return_state=True)
                 carried = tree_map(torch.Tensor.detach, final)
             else:
@@ -170,6 +175,15 @@ def train(
 def over_budget(seconds: float, tc: TrainConfig) -> bool:
     """Whether ``seconds`` of training have used up train.budget_s (0: no budget)."""
     return tc.budget_s > 0 and seconds >= tc.budget_s
+
+
+def reset_rows(model: torch.nn.Module, carried: Any, tc: TrainConfig, step: int) -> Any:
+    """``carried`` with each row replaced by the initial state with chance tc.state_reset;
+    the draw depends only on (seed, step), so a resumed run draws the same rows."""
+    rows = tree_leaves(carried)[0].shape[0]
+    g = step_generator(tc.seed + RESET_SEED_OFFSET, step)
+    keep = torch.rand(rows, generator=g) >= tc.state_reset
+    return carry(keep, carried, model.init_state(rows))
 
 
 def check_fixed_size_state(model: torch.nn.Module) -> None:

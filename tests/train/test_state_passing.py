@@ -78,3 +78,49 @@ def test_global_attention_is_refused_local_attention_runs(tiny_config, tmp_path)
     local = _config(tiny_config(layer="attention", steps=4))
     local.model.layer_kwargs = {"window": 8}  # a fixed-size cache of 7 tokens
     assert train(local, tmp_path / "local", progress=False)["step"] == 4
+
+
+def test_state_reset_one_starts_every_step_fresh(tiny_config, tmp_path):
+    """state_reset = 1: every row starts from the initial state, as without state passing."""
+    path = tiny_config(steps=6)
+    fresh = train(load_config(path), tmp_path / "fresh", progress=False)
+    reset = train(_config(path, state_reset=1.0), tmp_path / "reset", progress=False)
+    carried = train(_config(path), tmp_path / "carried", progress=False)
+    assert reset["loss"] == pytest.approx(fresh["loss"], rel=1e-6)
+    assert carried["loss"] != pytest.approx(fresh["loss"], rel=1e-6)  # passing does matter
+
+
+def test_state_reset_starts_some_rows_fresh(
+    tiny_config, tmp_path, monkeypatch
+):
+    from statewise.models.heads import LanguageModel
+
+    calls = []
+    forward = LanguageModel.forward
+
+    def recording(self, ids, state=None, mask=None, return_state=False):
+        out = forward(self, ids, state=state, mask=mask, return_state=return_state)
+        if self.training:
+            calls.append((state, out[1]))
+        return out
+
+    monkeypatch.setattr(LanguageModel, "forward", recording)
+    config = _config(tiny_config(steps=6), state_reset=0.5)
+    train(config, tmp_path / "run", progress=False)
+    fresh_rows = carried_rows = 0
+    for (_, final), (given, _) in zip(calls, calls[1:]):
+        final_leaf, given_leaf = tree_leaves(final)[0].detach(), tree_leaves(given)[0]
+        for row in range(given_leaf.shape[0]):
+            if torch.equal(given_leaf[row], final_leaf[row]):
+                carried_rows += 1
+            else:
+                assert given_leaf[row].abs().sum() == 0  # the initial state (zeros for mingru)
+                fresh_rows += 1
+    assert fresh_rows > 0 and carried_rows > 0
+
+
+def test_state_reset_outside_zero_one_is_refused(tiny_config):
+    from statewise.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="state_reset"):
+        load_config(tiny_config(), ["train.state_reset=1.5"])
