@@ -90,9 +90,7 @@ def test_state_reset_one_starts_every_step_fresh(tiny_config, tmp_path):
     assert carried["loss"] != pytest.approx(fresh["loss"], rel=1e-6)  # passing does matter
 
 
-def test_state_reset_starts_some_rows_fresh(
-    tiny_config, tmp_path, monkeypatch
-):
+def test_state_reset_starts_some_rows_fresh(tiny_config, tmp_path, monkeypatch):
     from statewise.models.heads import LanguageModel
 
     calls = []
