@@ -403,12 +403,7 @@ def _executor(jobs: int, threads: int) -> Iterator[Executor]:
             yield pool
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
-            # a SIGTERM reaches this process only, and the interpreter would wait at exit
-            # for each worker to finish its cell: interrupt the cells (SIGINT, as Ctrl-C
-            # does), after which the workers exit cleanly
-            for worker in multiprocessing.active_children():
-                if worker.pid not in others:
-                    os.kill(worker.pid, signal.SIGINT)
+            _stop_workers([p for p in multiprocessing.active_children() if p.pid not in others])
             raise
         pool.shutdown()
     finally:
@@ -417,6 +412,25 @@ def _executor(jobs: int, threads: int) -> Iterator[Executor]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+WORKER_GRACE_S = 10.0  # an interrupted worker's time to exit cleanly before it is killed
+
+
+def _stop_workers(workers: list[multiprocessing.Process]) -> None:
+    """Stop the workers' running cells now: a SIGTERM reaches the main process only, and the
+    interpreter would wait at exit for each worker to finish its cell. SIGINT first (as
+    Ctrl-C does: the cell raises KeyboardInterrupt and the worker exits cleanly), then
+    SIGTERM for a worker that has not exited after WORKER_GRACE_S (e.g. one caught in the
+    middle of starting up)."""
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGINT)
+    deadline = time.monotonic() + WORKER_GRACE_S
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.terminate()
 
 
 def _done(cells_dir: Path, spec: TaskSpec, layer: str, seed: int) -> bool:

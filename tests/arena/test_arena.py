@@ -208,5 +208,5 @@ def test_an_interrupted_pool_stops_the_cells_its_workers_are_running():
             assert workers
             raise KeyboardInterrupt
     for worker in workers:
-        worker.join(timeout=60)
+        worker.join(timeout=runner.WORKER_GRACE_S + 30)
         assert not worker.is_alive()
