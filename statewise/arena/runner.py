@@ -427,8 +427,9 @@ def _stop_workers(workers: list[multiprocessing.Process]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signal.SIGINT)
     deadline = time.monotonic() + WORKER_GRACE_S
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
             worker.terminate()
 

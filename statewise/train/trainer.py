@@ -107,10 +107,10 @@ def train(
         desc=f"{config.model.layer} {config.data.task}",
     )
     done, t0, tokens_at_t0 = start, time.perf_counter(), tokens
-    end = tc.steps
-    if over_budget(seconds_before, tc):
+    spent = over_budget(seconds_before, tc)
+    if spent:
         bar.write(f"{out} has used its train.budget_s = {tc.budget_s:g} s; nothing to do")
-        end = start
+    end = start if spent else tc.steps
     try:
         for step in range(start, end):
             lr = lr_at(step, tc)
@@ -131,7 +131,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             done, tokens = step + 1, tokens + inputs.numel()
-            speed = (tokens - tokens_at_t0) / max(seconds() - seconds_before, 1e-9)
+            speed = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed:,.0f}", refresh=False)
             stopped = over_budget(seconds(), tc) and done < tc.steps

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,19 +195,28 @@ def test_d_model_fixes_every_width(tiny_suite, tmp_path):
     assert "Every model at d_model 16" in (tmp_path / "index.html").read_text()
 
 
-def test_an_interrupted_pool_stops_the_cells_its_workers_are_running():
+def _long_cell(started: str) -> None:
+    """A cell that says it has started, then would run for 10 minutes."""
+    Path(started).touch()
+    time.sleep(600)
+
+
+def test_an_interrupted_pool_stops_the_cells_its_workers_are_running(tmp_path):
     """SIGTERM reaches the main process only: the workers' running cells must not go on
     (the interpreter would wait for them at exit)."""
     from statewise.arena import runner
 
+    started = tmp_path / "started"
     with pytest.raises(KeyboardInterrupt):
         with runner._executor(2, 1) as pool:
-            future = pool.submit(time.sleep, 600)  # a cell that would run for 10 minutes
-            while not future.running():
+            pool.submit(_long_cell, str(started))
+            deadline = time.monotonic() + 120
+            while not started.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
+            assert started.exists(), "the worker never started the cell"
             workers = multiprocessing.active_children()
-            assert workers
             raise KeyboardInterrupt
-    for worker in workers:
-        worker.join(timeout=runner.WORKER_GRACE_S + 30)
-        assert not worker.is_alive()
+    deadline = time.monotonic() + runner.WORKER_GRACE_S + 30
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(w.is_alive() for w in workers)
