@@ -20,9 +20,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        # small embeddings (as in GPT-2): with tied weights, N(0, 1) would make the first
-        # logits ~sqrt(d_model) large and the first loss ~20x log(vocab_size)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=config.embed_std)
         self.backbone = Backbone(config)
         self.unembed = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:

@@ -5,6 +5,7 @@ import torch
 
 import statewise
 from statewise.models import ClassifierHead, ForecastHead, LanguageModel, ModelConfig
+from statewise.models.presets import griffin
 from statewise.models.sampling import sample_next
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig
@@ -123,6 +124,27 @@ def test_config_errors():
         ModelConfig(layer="transformer-xl")
     with pytest.raises(ValueError, match="n_classes"):
         ModelConfig(head="classifier")
+
+
+def test_embedding_init_std_and_tying():
+    torch.manual_seed(0)
+    default = LanguageModel(ModelConfig(d_model=64, vocab_size=512))
+    assert default.unembed.weight is not default.embed.weight
+    assert abs(default.embed.weight.std().item() - 1.0) < 0.02  # 32,768 draws: sd ~0.004
+    small = LanguageModel(ModelConfig(d_model=64, vocab_size=512, embed_std=0.02))
+    assert abs(small.embed.weight.std().item() - 0.02) < 0.0004
+    tied = LanguageModel(ModelConfig(d_model=64, vocab_size=512, tie_embeddings=True))
+    assert tied.unembed.weight is tied.embed.weight
+    with pytest.raises(ValueError, match="embed_std"):
+        ModelConfig(embed_std=0.0)
+
+
+def test_griffin_preset_ties_unit_scale_embeddings():
+    torch.manual_seed(0)
+    model = LanguageModel(griffin(64, 3, vocab_size=512))
+    assert model.unembed.weight is model.embed.weight
+    inputs = model.embed.weight * model.config.embed_scale
+    assert abs(inputs.std().item() - 1.0) < 0.02
 
 
 def test_load_returns_the_saved_model(tmp_path):
