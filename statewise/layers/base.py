@@ -22,6 +22,11 @@ class SequenceMixer(nn.Module):
     """Base class of every registered layer: a causal map (B, T, D) -> (B, T, D) with a state."""
 
     modes: tuple[str, ...] = ()
+    # The token embedding a language model over this layer starts with, unless its
+    # ModelConfig says otherwise: N(0, embed_std^2), tied with the output matrix or not.
+    # GPT-2's small tied embedding suits most layers; see Attention for the exception.
+    embed_std: float = 0.02
+    tie_embeddings: bool = True
 
     def __init__(self, d_model: int, mode: str = "auto") -> None:
         super().__init__()

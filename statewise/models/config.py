@@ -25,11 +25,13 @@ class ModelConfig:
     mlp: "gelu" (W_2 gelu(W_1 x)), "geglu" (W_2 (gelu_tanh(W_g x) * W_1 x)) or "swiglu".
     norm: "rmsnorm", "rmsnorm_plus_one" (scale by 1 + w, as Gemma) or "layernorm".
     tie_embeddings: the language model's output matrix is its token embedding.
-    embed_std: the token embedding starts N(0, embed_std^2). 1.0 (torch's default) makes
-        a token's embedding as large as a block's output at initialisation; GPT-2's 0.02
-        buries it under the first block's output, and with it our attention model stayed
-        at 0.35 on MQAR after 1300 steps where 1.0 reached 0.998 (docs/arena.md). With
-        tied embeddings, 1.0 makes the first logits ~sqrt(d_model) large.
+    embed_std: the token embedding starts N(0, embed_std^2). It sets how loud a token is in
+        the residual stream against the blocks' outputs, and no single value suits every
+        layer: on our synthetic tasks attention learns far faster with 1.0 than with
+        GPT-2's 0.02, and Mamba does not learn induction heads with 1.0 (docs/arena.md,
+        "Embedding initialisation"). Both default (None) to the first block's layer's
+        choice (``SequenceMixer.embed_std`` and ``tie_embeddings``: 0.02 and tied, 1.0 and
+        untied for attention); the resolved values are what a checkpoint records.
     embed_scale: the token embeddings are multiplied by this (Gemma uses sqrt(d_model)).
     logit_softcap: when > 0, logits become c * tanh(logits / c).
     head: "lm" (LanguageModel), "classifier" (ClassifierHead), "forecaster", or "rnn":
@@ -52,8 +54,8 @@ class ModelConfig:
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
     dropout: float = 0.0
-    tie_embeddings: bool = False
-    embed_std: float = 1.0
+    tie_embeddings: bool | None = None
+    embed_std: float | None = None
     embed_scale: float = 1.0
     logit_softcap: float = 0.0
     head: str = "lm"
@@ -67,6 +69,7 @@ class ModelConfig:
         else:
             for name in sorted(set(self.layers) | {self.layer}):
                 self._check_layer_kwargs(name)
+        self._resolve_embedding()
         for name in ("d_model", "n_layers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
@@ -79,8 +82,6 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be one of {options}, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.embed_std <= 0:
-            raise ValueError(f"model.embed_std must be positive, got {self.embed_std}")
         if self.mlp_ratio < 0 or self.logit_softcap < 0 or self.norm_eps <= 0:
             raise ValueError("model.mlp_ratio and logit_softcap must be >= 0, norm_eps > 0")
         if self.head == "lm" and self.vocab_size <= 0:
@@ -101,6 +102,19 @@ class ModelConfig:
         shared = {k: v for k, v in self.layer_kwargs.items() if k not in names()}
         own = self.layer_kwargs.get(name, {})
         return {**shared, **own}
+
+    def _resolve_embedding(self) -> None:
+        """Fill an unset embed_std / tie_embeddings from the first block's layer."""
+        from statewise.layers import SequenceMixer, info
+
+        # a torch-style "rnn" head has no token embedding; it records the base defaults
+        layer_class = SequenceMixer if self.head == "rnn" else info(self.layer_at(0)).cls
+        if self.embed_std is None:
+            self.embed_std = float(layer_class.embed_std)
+        if self.tie_embeddings is None:
+            self.tie_embeddings = bool(layer_class.tie_embeddings)
+        if self.embed_std <= 0:
+            raise ValueError(f"model.embed_std must be positive, got {self.embed_std}")
 
     def _check_torch_style_rnn(self) -> None:
         from statewise.layers.classic import TORCH_STYLE

@@ -94,10 +94,6 @@ def griffin(
         mlp="geglu",
         norm="rmsnorm_plus_one",
         norm_eps=float(norm_eps),
-        # tied as RecurrentGemma; N(0, 1/d) times sqrt(d) gives unit-scale inputs and O(1)
-        # first logits
-        tie_embeddings=True,
-        embed_std=d_model**-0.5,
         embed_scale=math.sqrt(d_model),
         logit_softcap=float(logit_softcap),
     )

@@ -5,10 +5,9 @@ import torch
 
 import statewise
 from statewise.models import ClassifierHead, ForecastHead, LanguageModel, ModelConfig
-from statewise.models.presets import griffin
 from statewise.models.sampling import sample_next
 from statewise.train import checkpoint
-from statewise.train.config import RunConfig
+from statewise.train.config import RunConfig, config_from_dict
 
 
 def tiny_lm(layer: str = "mingru", **kw) -> LanguageModel:
@@ -126,25 +125,31 @@ def test_config_errors():
         ModelConfig(head="classifier")
 
 
-def test_embedding_init_std_and_tying():
+def test_embedding_init_follows_the_first_layer_unless_set():
     torch.manual_seed(0)
-    default = LanguageModel(ModelConfig(d_model=64, vocab_size=512))
-    assert default.unembed.weight is not default.embed.weight
-    assert abs(default.embed.weight.std().item() - 1.0) < 0.02  # 32,768 draws: sd ~0.004
-    small = LanguageModel(ModelConfig(d_model=64, vocab_size=512, embed_std=0.02))
-    assert abs(small.embed.weight.std().item() - 0.02) < 0.0004
-    tied = LanguageModel(ModelConfig(d_model=64, vocab_size=512, tie_embeddings=True))
-    assert tied.unembed.weight is tied.embed.weight
+    mamba = LanguageModel(ModelConfig(layer="mamba", d_model=64, vocab_size=512))
+    assert (mamba.config.embed_std, mamba.config.tie_embeddings) == (0.02, True)
+    assert mamba.unembed.weight is mamba.embed.weight
+    assert abs(mamba.embed.weight.std().item() - 0.02) < 0.0004  # 32,768 draws: sd ~8e-5
+    attention = LanguageModel(ModelConfig(layer="attention", d_model=64, vocab_size=512))
+    assert (attention.config.embed_std, attention.config.tie_embeddings) == (1.0, False)
+    assert attention.unembed.weight is not attention.embed.weight
+    assert abs(attention.embed.weight.std().item() - 1.0) < 0.02
+    hybrid = ModelConfig(layer="attention", layers=["rglru", "attention"], vocab_size=512)
+    assert (hybrid.embed_std, hybrid.tie_embeddings) == (0.02, True)  # block 0 is rglru
+    chosen = ModelConfig(layer="attention", embed_std=0.1, tie_embeddings=True)
+    assert (chosen.embed_std, chosen.tie_embeddings) == (0.1, True)
     with pytest.raises(ValueError, match="embed_std"):
         ModelConfig(embed_std=0.0)
 
 
-def test_griffin_preset_ties_unit_scale_embeddings():
-    torch.manual_seed(0)
-    model = LanguageModel(griffin(64, 3, vocab_size=512))
-    assert model.unembed.weight is model.embed.weight
-    inputs = model.embed.weight * model.config.embed_scale
-    assert abs(inputs.std().item() - 1.0) < 0.02
+def test_checkpoint_records_the_resolved_embedding_init(tmp_path):
+    config = config_from_dict({"model": {"layer": "attention", "d_model": 16}})
+    assert (config.model.embed_std, config.model.tie_embeddings) == (1.0, False)
+    path = tmp_path / "config.toml"
+    path.write_text(config.to_toml())
+    text = path.read_text()
+    assert "embed_std = 1.0" in text and "tie_embeddings = false" in text
 
 
 def test_load_returns_the_saved_model(tmp_path):
