@@ -289,8 +289,8 @@ class Attention(SequenceMixer):
         self, x: torch.Tensor, state: dict, mask: torch.Tensor | None, mode: str
     ) -> tuple[torch.Tensor, dict]:
         batch, seq_len, _ = x.shape
-        if seq_len == 0:
-            return x.new_zeros(x.shape), state
+        if seq_len == 0:  # the state given back, as real tensors (not _fresh_state's views)
+            return x.new_zeros(x.shape), {k: t.contiguous() for k, t in state.items()}
         pos0 = state["pos"]
         real = mask if mask is not None else x.new_ones(batch, seq_len, dtype=torch.bool)
         before = real.long().cumsum(dim=1) - real.long()
@@ -386,6 +386,14 @@ class Attention(SequenceMixer):
         q, k, v = self._project(x_t, state["pos"])
         o, state = self._attend_one(q, k, v, state)
         return self.o_proj(o), state
+
+    def _fresh_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict:
+        """The empty state as zero views (expand) of one element: a forward from it reads
+        none of the cache (used = 0), so the megabytes of zeros need not be written."""
+        zero = torch.zeros((), device=device, dtype=dtype)
+        shape = (batch, self.capacity, self.n_kv_heads, self.head_dim)
+        pos = torch.zeros(batch, device=device, dtype=torch.long)
+        return {"k": zero.expand(shape), "v": zero.expand(shape), "pos": pos}
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
         shape = (batch_size, self.capacity, self.n_kv_heads, self.head_dim)

@@ -137,17 +137,24 @@ class SequenceMixer(nn.Module):
             raise ValueError(f"{name} contains NaN or inf")
 
     def _checked_state(self, state: State | None, batch: int, x: torch.Tensor) -> State:
-        template = self.init_state(batch, device=x.device, dtype=x.dtype)
         if state is None:
-            return template
+            return self._fresh_state(batch, x.device, x.dtype)
+        # the template only lends shapes and dtypes: on the meta device it costs no memory
+        # (a KV cache's zeros are megabytes, allocated anew on every call otherwise)
+        template = self._init_state(batch, torch.device("meta"), x.dtype)
         try:
-            tree_map(_check_leaf, state, template)
+            tree_map(lambda leaf, expected: _check_leaf(leaf, expected, x.device), state, template)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"state does not fit this layer and batch: {err}") from None
         return state
 
+    def _fresh_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
+        """The state a forward or step starts from when given none: ``init_state``. A layer
+        may return something cheaper that reads the same (it never leaves the layer)."""
+        return self.init_state(batch, device=device, dtype=dtype)
 
-def _check_leaf(leaf: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+
+def _check_leaf(leaf: torch.Tensor, expected: torch.Tensor, device: torch.device) -> torch.Tensor:
     if not isinstance(leaf, torch.Tensor):
         raise TypeError(f"expected a tensor, got {type(leaf).__name__}")
     if leaf.shape != expected.shape:
@@ -156,8 +163,8 @@ def _check_leaf(leaf: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
         )
     if leaf.dtype != expected.dtype:
         raise ValueError(f"a state tensor has dtype {leaf.dtype}, expected {expected.dtype}")
-    if leaf.device != expected.device:
-        raise ValueError(f"a state tensor is on {leaf.device}, expected {expected.device}")
+    if leaf.device != device:
+        raise ValueError(f"a state tensor is on {leaf.device}, expected {device}")
     return leaf
 
 
