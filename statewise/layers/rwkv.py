@@ -246,8 +246,8 @@ HEAD_SIZE = 64  # RWKV-6's head size
 
 
 def default_heads(d_model: int) -> int:
-    """The most heads of at least HEAD_SIZE that divide d_model evenly (at least 1): heads of
-    exactly 64 when 64 divides d_model."""
+    """The most heads, each at least HEAD_SIZE wide, that divide d_model (at least 1): heads
+    of exactly 64 when 64 divides d_model, one head below 128."""
     heads = max(1, d_model // HEAD_SIZE)
     while d_model % heads:
         heads -= 1
