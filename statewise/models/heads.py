@@ -149,8 +149,11 @@ class ForecastHead(nn.Module):
 
 
 def _input_layer(config: ModelConfig) -> nn.Module:
+    """Token embedding, N(0, embed_std^2) as the language model's, or a linear map of values."""
     if config.vocab_size > 0:
-        return nn.Embedding(config.vocab_size, config.d_model)
+        embed = nn.Embedding(config.vocab_size, config.d_model)
+        nn.init.normal_(embed.weight, std=config.embed_std)
+        return embed
     return nn.Linear(config.input_dim, config.d_model)
 
 

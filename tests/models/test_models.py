@@ -144,6 +144,16 @@ def test_embedding_init_follows_the_first_layer_unless_set():
         ModelConfig(embed_std=0.0)
 
 
+def test_classifier_token_embedding_follows_embed_std():
+    torch.manual_seed(0)
+    for layer, std in (("mamba", 0.02), ("attention", 1.0)):
+        config = ModelConfig(
+            layer=layer, d_model=64, vocab_size=512, head="classifier", n_classes=3
+        )
+        embed = ClassifierHead(config).embed.weight
+        assert abs(embed.std().item() - std) < 0.02 * std  # 32,768 draws: sd ~0.004 std
+
+
 def test_checkpoint_records_the_resolved_embedding_init(tmp_path):
     """A saved config keeps the values a model was built with, even if the layer's own
     choice were to change later."""
