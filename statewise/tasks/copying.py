@@ -56,18 +56,20 @@ def _random_positions(batch_size: int, span: int, n: int, g: torch.Generator) ->
 
 
 class SelectiveCopy(GeneratedTask):
-    """Selective copying: n_copy data tokens scattered among blanks, then repeated in order.
+    """Selective copying: n_copy data tokens scattered among blanks, then recalled in order.
 
-    Token 0 is the blank, 1 the separator ``|``, data tokens are 2 .. vocab_size-1. The
-    context holds seq_len - n_copy positions; after it the separator asks for the data tokens,
-    which the model predicts one by one (each prediction is fed back as the next input).
-    With n_copy = 3 and seq_len = 10:
+    Token 0 is the blank, 1 the marker ``|``, data tokens are 2 .. vocab_size-1. The
+    context holds seq_len - n_copy positions; n_copy markers follow it, and at the i-th
+    marker the target is the i-th data token. The answers are not fed back: as in the
+    Mamba paper's task (the copying data of the S4 code base, ``variable=True``), the
+    layer has to keep the order of the data tokens itself, not look up "the token that
+    followed the one just copied". With n_copy = 3 and seq_len = 10:
 
-        inputs :  .  a  .  .  b  .  c  |  a  b
+        inputs :  .  a  .  .  b  .  c  |  |  |
         targets:  -  -  -  -  -  -  -  a  b  c      (. = blank, - = ignored)
     """
 
-    BLANK, SEP, FIRST = 0, 1, 2
+    BLANK, MARKER, FIRST = 0, 1, 2
 
     def __init__(
         self, seq_len: int = 128, vocab_size: int = 16, n_copy: int = 16, seed: int = 0
@@ -89,14 +91,13 @@ class SelectiveCopy(GeneratedTask):
     def sample(self, batch_size: int, g: torch.Generator, length: int) -> Batch:
         n, context = self.n_copy, length - self.n_copy
         data = torch.randint(self.FIRST, self.vocab_size, (batch_size, n), generator=g)
-        seq = torch.full((batch_size, length + 1), self.BLANK)
+        inputs = torch.full((batch_size, length), self.BLANK)
         rows = torch.arange(batch_size)[:, None]
-        seq[rows, _random_positions(batch_size, context, n, g)] = data
-        seq[:, context] = self.SEP
-        seq[:, context + 1 :] = data
-        targets = torch.full_like(seq, IGNORE)
-        targets[:, context + 1 :] = data
-        return seq[:, :-1], targets[:, 1:]
+        inputs[rows, _random_positions(batch_size, context, n, g)] = data
+        inputs[:, context:] = self.MARKER
+        targets = torch.full_like(inputs, IGNORE)
+        targets[:, context:] = data
+        return inputs, targets
 
 
 class InductionHeads(GeneratedTask):
