@@ -98,6 +98,19 @@ def test_kernel_equals_twin_and_reference(calls, size, negative):
         torch.testing.assert_close(g, w, **F64)
 
 
+@pytest.mark.parametrize("rows", [1, 2], ids=lambda r: f"rows{r}")
+def test_decays_made_in_blocks_of_rows(calls, monkeypatch, rows):
+    # exp(dt A) is made by blocks of batch rows when a whole chunk would exceed
+    # DECAY_ELEMENTS: 3 rows in blocks of 1 or 2, over three chunks (64, 64, 2 steps)
+    batch, seq_len, width, n_state = 3, 130, 7, 3
+    monkeypatch.setattr(kernel, "DECAY_ELEMENTS", rows * kernel.CHECKPOINT * width * n_state)
+    args = draw(batch, seq_len, width, n_state, seed=8)
+    got, want = run("numba", args, negative=True), run("torch", args, negative=True)
+    assert calls[0] == 1
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **F64)
+
+
 @pytest.mark.parametrize("negative", [False, True], ids=["exp", "negative"])
 def test_masked_steps_carry_the_state(calls, negative):
     args = draw(2, 70, 6, 4, seed=2, masked=True)
