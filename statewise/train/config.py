@@ -44,6 +44,12 @@ class TrainConfig:
     0, a model whose state decays slowly can come to rely on the warm states it always
     trains from: measured on Mamba's induction heads, docs/arena.md).
 
+    state_noise: every step starts from Gaussian noise of this standard deviation added to
+    the initial state (every float tensor of it), the other intervention of Buitrago Ruiz &
+    Gu 2025: a model that must clear noise it cannot wait out has to overwrite its state
+    when it writes, instead of letting old content decay over the training length (0: off;
+    not with state_passing).
+
     budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
     The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
     ``steps`` to about what fits (``statewise arena`` plans its steps from timed passes).
@@ -64,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     state_passing: bool = False
     state_reset: float = 0.0
+    state_noise: float = 0.0
     budget_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -85,6 +92,10 @@ class TrainConfig:
             )
         if not 0 <= self.state_reset <= 1:
             raise ConfigError(f"train.state_reset must be in [0, 1], got {self.state_reset}")
+        if self.state_noise < 0:
+            raise ConfigError(f"train.state_noise must be >= 0, got {self.state_noise}")
+        if self.state_noise > 0 and self.state_passing:
+            raise ConfigError("train.state_noise and train.state_passing cannot both be on")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -25,6 +25,7 @@ from statewise.train.evaluate import evaluate, token_loss
 from statewise.train.optim import lr_at, make_optimizer
 
 RESET_SEED_OFFSET = 15_485_863  # train.state_reset draws: a stream of their own
+NOISE_SEED_OFFSET = 32_452_843  # train.state_noise draws: another
 
 
 def check_out_dir(out: Path, resume: bool) -> bool:
@@ -62,7 +63,7 @@ def train(
         )
     torch.manual_seed(tc.seed)
     model = build_model(config.model)
-    if tc.state_passing:
+    if tc.state_passing or tc.state_noise > 0:
         check_fixed_size_state(model)
     optimizer = make_optimizer(model, tc)
     start, tokens, metrics, carried, seconds_before = 0, 0, [], None, 0.0
@@ -122,6 +123,8 @@ def train(
                     carried = reset_rows(model, carried, tc, step)
                 logits, final = model(inputs, state=carried, return_state=True)
                 carried = tree_map(torch.Tensor.detach, final)
+            elif tc.state_noise > 0:
+                logits = model(inputs, state=noisy_state(model, inputs.shape[0], tc, step))
             else:
                 logits = model(inputs)
             loss = token_loss(logits, targets)
@@ -186,6 +189,19 @@ def reset_rows(model: torch.nn.Module, carried: Any, tc: TrainConfig, step: int)
     return carry(keep, carried, model.init_state(rows))
 
 
+def noisy_state(model: torch.nn.Module, rows: int, tc: TrainConfig, step: int) -> Any:
+    """The initial state plus N(0, tc.state_noise^2) in every float tensor; the draw depends
+    only on (seed, step), so a resumed run draws the same noise."""
+    g = step_generator(tc.seed + NOISE_SEED_OFFSET, step)
+
+    def add_noise(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        return t + tc.state_noise * torch.randn(t.shape, generator=g, dtype=t.dtype)
+
+    return tree_map(add_noise, model.init_state(rows))
+
+
 def check_fixed_size_state(model: torch.nn.Module) -> None:
     """ValueError if ``model`` has global attention: its key-value cache holds every token
     of the stream up to max_len, which state passing would reach after a few steps (local
@@ -194,8 +210,9 @@ def check_fixed_size_state(model: torch.nn.Module) -> None:
 
     if any(isinstance(m, Attention) and not m.window for m in model.modules()):
         raise ValueError(
-            "train.state_passing needs states of a fixed size; global attention's key-value "
-            "cache grows with every step (give attention a window, or leave state_passing off)"
+            "train.state_passing and state_noise need states of a fixed size; global "
+            "attention's key-value cache grows with every step (give attention a window, or "
+            "leave them off)"
         )
 
 
