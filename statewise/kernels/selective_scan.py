@@ -10,8 +10,8 @@ element b, channel d and state index n (x, dt: (B, T, D); A: (D, N); B, C: (B, T
 Time runs in chunks of :data:`CHECKPOINT` steps, and within a chunk over blocks of batch
 rows. For each (chunk, rows) block torch first makes e = exp(dt A), (rows, CHECKPOINT, D, N)
 at most :data:`DECAY_ELEMENTS` elements, and the kernel reads it: torch's exp is vectorised
-(Sleef), numba's without SVML is a scalar libm call per element, which was 3/4 of the
-kernel's time (measured below). Tasks are one batch row and a block of channels.
+(Sleef), numba's without SVML is a scalar libm call per element, which cost the kernel
+more than its arithmetic (measured below). Tasks are one batch row and a block of channels.
 
 Forward: a task keeps its (block, N) state in the output ``h_last`` and writes y_t as it
 goes. When gradients are needed it also stores the state entering every chunk,
@@ -217,10 +217,11 @@ def forward(
     arrays = _args(x, dt)
     tail = _args(B, C, h_last, y, checkpoints)
     decays = _Decays(dt.contiguous(), A.contiguous())
+    flags = (negative_eigenvalues, _one(x), D_BLOCK)
     for t0 in range(0, seq_len, CHECKPOINT):
         for b0 in decays.blocks():
             E = decays(b0, t0)
-            args = (*arrays, E, *tail, b0, t0, negative_eigenvalues, _one(x), D_BLOCK)
+            args = (*arrays, E, *tail, b0, t0, *flags)
             run_parallel(_forward_kernel, E.size, *args)
     return y, h_last, checkpoints
 
@@ -248,10 +249,10 @@ def backward(
     middle = _args(A, B, C, checkpoints, grad_y, carry)
     outputs = _args(grad_x, grad_dt, grad_A, grad_B, grad_C)
     decays = _Decays(dt.contiguous(), A.contiguous())
+    flags = (negative_eigenvalues, _one(x), D_BLOCK)
     for chunk in range(math.ceil(seq_len / CHECKPOINT) - 1, -1, -1):
         for b0 in decays.blocks():
             E = decays(b0, chunk * CHECKPOINT)
-            flags = (negative_eigenvalues, _one(x), D_BLOCK)
             args = (*arrays, E, *middle, b0, chunk, *flags, *outputs)
             run_parallel(_backward_kernel, E.size, *args)
     return grad_x, grad_dt, grad_A.sum(0), grad_B.sum(0), grad_C.sum(0), carry

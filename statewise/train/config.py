@@ -46,9 +46,9 @@ class TrainConfig:
 
     state_noise: every step starts from Gaussian noise of this standard deviation added to
     the initial state (every float tensor of it), the other intervention of Buitrago Ruiz &
-    Gu 2025: a model that must clear noise it cannot wait out has to overwrite its state
-    when it writes, instead of letting old content decay over the training length (0: off;
-    not with state_passing).
+    Gu 2025 (0: off; not with state_passing). The hope was that noise a model cannot wait
+    out within the training length makes it overwrite its state when it writes; on Mamba's
+    induction heads it did not (1: the task not learnt; 0.1: no better; docs/arena.md).
 
     budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
     The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
