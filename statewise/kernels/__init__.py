@@ -20,6 +20,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 
 BACKENDS = ("torch", "numba")
@@ -32,8 +33,13 @@ def _numba_pool_follows_omp() -> None:
     (default: every core), and ignores OMP_NUM_THREADS. A pool larger than the process's
     share of the cores slows every process on a shared machine: with two training processes
     on 2 cores, mamba's step took 2.5x as long as with NUMBA_NUM_THREADS=1. So a process
-    told OMP_NUM_THREADS=N gets a numba pool of N too, unless NUMBA_NUM_THREADS is set."""
+    told OMP_NUM_THREADS=N gets a numba pool of N too, unless NUMBA_NUM_THREADS is set, or
+    numba was imported first: its config is read by then, and a different value in the
+    environment makes numba's next compile fail ("Cannot set NUMBA_NUM_THREADS to a
+    different value once the threads have been launched")."""
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if "numba" in sys.modules:
+        return
     if omp.isdigit() and int(omp) > 0 and "NUMBA_NUM_THREADS" not in os.environ:
         os.environ["NUMBA_NUM_THREADS"] = omp
 

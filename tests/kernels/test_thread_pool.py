@@ -29,3 +29,23 @@ def test_omp_num_threads_sizes_the_numba_pool():
     assert _pool_size(OMP_NUM_THREADS="1") == 1
     assert _pool_size(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2") == 2  # the user's choice wins
     assert _pool_size() == os.cpu_count()  # neither set: numba's default, every core
+
+
+def test_numba_imported_first_keeps_its_pool_and_compiles(tmp_path):
+    # numba read its config at import; setting NUMBA_NUM_THREADS after that made the next
+    # compile (an empty cache: NUMBA_CACHE_DIR) fail with "Cannot set NUMBA_NUM_THREADS"
+    probe = (
+        "import numba, torch, statewise.kernels\n"
+        "from statewise.ops.selective_scan import selective_scan\n"
+        "x = torch.rand(2, 9, 4)\n"
+        "with statewise.kernels.use('numba'):\n"
+        "    selective_scan(x, x, -torch.rand(4, 3), x[..., :3], x[..., :3])\n"
+        "print(numba.config.NUMBA_NUM_THREADS)"
+    )
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+    }
+    env = {**clean, "OMP_NUM_THREADS": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == os.cpu_count()  # numba's own default, left alone
