@@ -50,6 +50,11 @@ class TrainConfig:
     out within the training length makes it overwrite its state when it writes; on Mamba's
     induction heads it did not (1: the task not learnt; 0.1: no better; docs/arena.md).
 
+    label_smoothing: the training loss's target puts this much of its mass evenly on every
+    token (Szegedy et al. 2016; 0: plain cross-entropy). Validation loss stays plain. Its
+    optimum is a finite logit margin, so a model that has solved its task stops being
+    pushed to sharpen it further.
+
     budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
     The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
     ``steps`` to about what fits (``statewise arena`` plans its steps from timed passes).
@@ -71,6 +76,7 @@ class TrainConfig:
     state_passing: bool = False
     state_reset: float = 0.0
     state_noise: float = 0.0
+    label_smoothing: float = 0.0
     budget_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -96,6 +102,10 @@ class TrainConfig:
             raise ConfigError(f"train.state_noise must be >= 0, got {self.state_noise}")
         if self.state_noise > 0 and self.state_passing:
             raise ConfigError("train.state_noise and train.state_passing cannot both be on")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -12,9 +12,18 @@ from torch import nn
 from statewise.tasks.base import IGNORE, Task
 
 
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy (nats) over the positions whose target is not IGNORE."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+def token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy (nats) over the positions whose target is not IGNORE; with
+    ``label_smoothing`` = e the target puts 1 - e on the token and e / V on every one of
+    the V tokens (so loss = (1 - e) CE + e * mean over tokens of -log p)."""
+    return F.cross_entropy(
+        logits.flatten(0, 1),
+        targets.flatten(),
+        ignore_index=IGNORE,
+        label_smoothing=label_smoothing,
+    )
 
 
 @torch.no_grad()

@@ -127,7 +127,7 @@ def train(
                 logits = model(inputs, state=noisy_state(model, inputs.shape[0], tc, step))
             else:
                 logits = model(inputs)
-            loss = token_loss(logits, targets)
+            loss = token_loss(logits, targets, tc.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
