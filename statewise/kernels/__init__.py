@@ -37,9 +37,9 @@ def _numba_pool_follows_omp() -> None:
     numba was imported first: its config is read by then, and a different value in the
     environment makes numba's next compile fail ("Cannot set NUMBA_NUM_THREADS to a
     different value once the threads have been launched")."""
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if "numba" in sys.modules:
         return
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0 and "NUMBA_NUM_THREADS" not in os.environ:
         os.environ["NUMBA_NUM_THREADS"] = omp
 

@@ -53,8 +53,8 @@ class TrainConfig:
     label_smoothing: the training loss's target puts this much of its mass evenly on every
     token (Szegedy et al. 2016; 0: plain cross-entropy). Validation loss stays plain. Its
     optimum is a finite logit margin, so a model that has solved its task stops being
-    pushed to sharpen it further. On Mamba's induction heads that push raised dt on the
-    filler and undid length generalisation; 0.1 stopped it (docs/arena.md).
+    pushed to sharpen it further. On Mamba's induction heads, runs trained on after solving
+    the task lost accuracy at 16x the training length; 0.1 stopped that (docs/arena.md).
 
     budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
     The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
