@@ -19,11 +19,12 @@ from pathlib import Path
 
 from statewise import layers
 from statewise.arena.cli import add_arena_parser, cmd_arena
+from statewise.errors import ArgumentError
 
 EXIT_USAGE = 2
 
 
-class UsageError(ValueError):
+class UsageError(ArgumentError):
     """A command line that cannot be carried out."""
 
 

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from statewise.errors import InputError
 from statewise.train.config import TrainConfig
 from statewise.train.optim import lr_at, make_optimizer
 
 
-class NotFittedError(ValueError):
+class NotFittedError(InputError, ValueError):
     """predict / evaluate / save called before fit."""
 
 

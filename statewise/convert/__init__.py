@@ -16,6 +16,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from statewise.errors import InputError
 from statewise.models import ModelConfig, build_model
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig
@@ -26,7 +27,7 @@ HFConverter = Callable[
 HF_CONVERTERS: dict[str, HFConverter] = {}
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError, ValueError):
     """An input that cannot be converted; the message says why."""
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
@@ -75,7 +76,7 @@ class Aaren(SequenceMixer):
         super().__init__(d_model, mode)
         positive_int("n_heads", n_heads)
         if d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+            raise ArgumentError(f"n_heads={n_heads} must divide d_model={d_model}")
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.query = nn.Parameter(torch.empty(n_heads, self.head_dim))

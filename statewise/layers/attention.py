@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.registry import register
 from statewise.ops.tree import carry
@@ -84,7 +85,7 @@ def _zero_unfilled(cache: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
 
 def _int_arg(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -148,22 +149,22 @@ class Attention(SequenceMixer):
         n_heads = _int_arg("n_heads", n_heads)
         n_kv_heads = n_heads if n_kv_heads is None else _int_arg("n_kv_heads", n_kv_heads)
         if n_heads % n_kv_heads:
-            raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
+            raise ArgumentError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
         if head_dim is None:
             if d_model < n_heads:
-                raise ValueError(f"n_heads={n_heads} is larger than d_model={d_model}")
+                raise ArgumentError(f"n_heads={n_heads} is larger than d_model={d_model}")
             head_dim = d_model // n_heads
         head_dim = _int_arg("head_dim", head_dim)
         window = 0 if window is None else _int_arg("window", window, minimum=0)
         max_len = _int_arg("max_len", max_len)
         self.chunk_size = _int_arg("chunk_size", chunk_size)
         if not isinstance(rotary_fraction, (int, float)) or not 0 <= rotary_fraction <= 1:
-            raise ValueError(f"rotary_fraction must be in [0, 1], got {rotary_fraction!r}")
+            raise ArgumentError(f"rotary_fraction must be in [0, 1], got {rotary_fraction!r}")
         if not isinstance(rope_theta, (int, float)) or rope_theta <= 0:
-            raise ValueError(f"rope_theta must be positive, got {rope_theta!r}")
+            raise ArgumentError(f"rope_theta must be positive, got {rope_theta!r}")
         freqs = rotary_frequencies(head_dim, rotary_fraction, rope_theta)
         if 2 * len(freqs) > head_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"rotary_fraction={rotary_fraction} rotates {2 * len(freqs)} features, more "
                 f"than head_dim={head_dim}"
             )
@@ -214,7 +215,7 @@ class Attention(SequenceMixer):
 
     def _check_capacity(self, pos_after: torch.Tensor) -> None:
         if not self.window and int(pos_after.max()) > self.capacity:
-            raise ValueError(
+            raise ArgumentError(
                 f"global attention keeps at most max_len={self.max_len} tokens in its KV cache, "
                 f"but this input reaches {int(pos_after.max())}; build the layer with a larger "
                 "max_len, or use a window"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.ops.tree import State, tree_leaves, tree_map
 
 
@@ -31,7 +32,7 @@ class SequenceMixer(nn.Module):
     def __init__(self, d_model: int, mode: str = "auto") -> None:
         super().__init__()
         if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+            raise ArgumentError(f"d_model must be a positive int, got {d_model!r}")
         self.d_model = d_model
         self.mode = mode
 
@@ -43,7 +44,7 @@ class SequenceMixer(nn.Module):
     @mode.setter
     def mode(self, value: str) -> None:
         if value != "auto" and value not in self.modes:
-            raise ValueError(
+            raise ArgumentError(
                 f"mode must be 'auto' or one of {self.modes} for {type(self).__name__}, "
                 f"got {value!r}"
             )
@@ -79,9 +80,9 @@ class SequenceMixer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> State:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise ArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
         if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+            raise ArgumentTypeError(f"dtype must be a floating dtype, got {dtype}")
         ref = self._reference_tensor()
         return self._init_state(
             batch_size,
@@ -115,26 +116,26 @@ class SequenceMixer(nn.Module):
 
     def _check_input(self, x: torch.Tensor, rank: int, name: str) -> None:
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != rank:
             shape = "(batch, seq_len, d_model)" if rank == 3 else "(batch, d_model)"
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+            raise ArgumentError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
         if x.shape[-1] != self.d_model:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} has width {x.shape[-1]} but the layer's d_model is {self.d_model}"
             )
         if x.shape[0] == 0:
-            raise ValueError(f"{name} has an empty batch")
+            raise ArgumentError(f"{name} has an empty batch")
         if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+            raise ArgumentTypeError(f"{name} must be a floating tensor, got {x.dtype}")
         ref = self._reference_tensor()
         if ref.numel() and x.dtype != ref.dtype:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{name} has dtype {x.dtype} but the layer's parameters are {ref.dtype}; "
                 f"convert one of them (e.g. layer.to({x.dtype}))"
             )
         if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf")
+            raise ArgumentError(f"{name} contains NaN or inf")
 
     def _checked_state(self, state: State | None, batch: int, x: torch.Tensor) -> State:
         if state is None:
@@ -145,7 +146,7 @@ class SequenceMixer(nn.Module):
         try:
             tree_map(lambda leaf, expected: _check_leaf(leaf, expected, x.device), state, template)
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"state does not fit this layer and batch: {err}") from None
+            raise ArgumentError(f"state does not fit this layer and batch: {err}") from None
         return state
 
     def _fresh_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
@@ -156,15 +157,15 @@ class SequenceMixer(nn.Module):
 
 def _check_leaf(leaf: torch.Tensor, expected: torch.Tensor, device: torch.device) -> torch.Tensor:
     if not isinstance(leaf, torch.Tensor):
-        raise TypeError(f"expected a tensor, got {type(leaf).__name__}")
+        raise ArgumentTypeError(f"expected a tensor, got {type(leaf).__name__}")
     if leaf.shape != expected.shape:
-        raise ValueError(
+        raise ArgumentError(
             f"a state tensor has shape {tuple(leaf.shape)}, expected {tuple(expected.shape)}"
         )
     if leaf.dtype != expected.dtype:
-        raise ValueError(f"a state tensor has dtype {leaf.dtype}, expected {expected.dtype}")
+        raise ArgumentError(f"a state tensor has dtype {leaf.dtype}, expected {expected.dtype}")
     if leaf.device != device:
-        raise ValueError(f"a state tensor is on {leaf.device}, expected {device}")
+        raise ArgumentError(f"a state tensor is on {leaf.device}, expected {device}")
     return leaf
 
 
@@ -175,11 +176,11 @@ def _check_mask(
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        raise ArgumentTypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = real token), got {mask.dtype}")
+        raise ArgumentTypeError(f"mask must be a bool tensor (True = real token), got {mask.dtype}")
     if mask.shape != (batch, seq_len):
-        raise ValueError(f"mask must have shape {(batch, seq_len)}, got {tuple(mask.shape)}")
+        raise ArgumentError(f"mask must have shape {(batch, seq_len)}, got {tuple(mask.shape)}")
     if mask.device != device:
-        raise ValueError(f"mask is on {mask.device}, x is on {device}")
+        raise ArgumentError(f"mask is on {mask.device}, x is on {device}")
     return None if bool(mask.all()) else mask

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int
 from statewise.layers.registry import register
@@ -57,18 +58,20 @@ class _RNNBase(nn.Module):
             ("proj_size", proj_size),
         ):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
+                raise ArgumentTypeError(f"{arg} must be an int, got {type(value).__name__}")
         for arg, value in (
             ("input_size", input_size),
             ("hidden_size", hidden_size),
             ("num_layers", num_layers),
         ):
             if value <= 0:
-                raise ValueError(f"{arg} must be greater than zero, got {value}")
+                raise ArgumentError(f"{arg} must be greater than zero, got {value}")
         if proj_size < 0:
-            raise ValueError(f"proj_size must be >= 0 (0 disables the projection), got {proj_size}")
+            raise ArgumentError(
+                f"proj_size must be >= 0 (0 disables the projection), got {proj_size}"
+            )
         if proj_size >= hidden_size:
-            raise ValueError(
+            raise ArgumentError(
                 f"proj_size must be smaller than hidden_size, got {proj_size} >= {hidden_size}"
             )
         for arg, value in (
@@ -77,13 +80,13 @@ class _RNNBase(nn.Module):
             ("bidirectional", bidirectional),
         ):
             if not isinstance(value, bool):
-                raise TypeError(f"{arg} must be a bool, got {type(value).__name__}")
+                raise ArgumentTypeError(f"{arg} must be a bool, got {type(value).__name__}")
         if (
             isinstance(dropout, bool)
             or not isinstance(dropout, numbers.Number)
             or not 0 <= dropout <= 1
         ):
-            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+            raise ArgumentError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout is applied between recurrent layers, so dropout > 0 expects "
@@ -174,32 +177,32 @@ class _RNNBase(nn.Module):
     # --------------------------------------------------------------- checks
     def _check_input(self, input: Tensor) -> None:
         if isinstance(input, PackedSequence):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__}: PackedSequence input is not supported; pass a padded "
                 "tensor (torch.nn.utils.rnn.pad_packed_sequence) instead"
             )
         if not isinstance(input, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+            raise ArgumentTypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
             layout = (
                 "(batch, seq_len, input_size)"
                 if self.batch_first
                 else ("(seq_len, batch, input_size)")
             )
-            raise ValueError(
+            raise ArgumentError(
                 f"input must be 3-D {layout} or 2-D (seq_len, input_size) unbatched, "
                 f"got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
             )
         if input.shape[-1] != self.input_size:
-            raise ValueError(
+            raise ArgumentError(
                 f"input has size {input.shape[-1]} in its last dim, expected "
                 f"input_size={self.input_size}"
             )
         if not input.is_floating_point():
-            raise TypeError(f"input must be a floating tensor, got {input.dtype}")
+            raise ArgumentTypeError(f"input must be a floating tensor, got {input.dtype}")
         ref = self.weight_ih_l0
         if input.dtype != ref.dtype:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"input has dtype {input.dtype} but the weights are {ref.dtype}; convert one "
                 f"of them (input.to({ref.dtype}) or module.to({input.dtype}))"
             )
@@ -209,7 +212,7 @@ class _RNNBase(nn.Module):
     ) -> Tensor:
         """Validate one (L*D, B, width) state tensor (2-D when unbatched); return it 3-D."""
         if not isinstance(hx, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(hx).__name__}")
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(hx).__name__}")
         rows = self.num_layers * self.num_directions
         if batched:
             expected: tuple[int, ...] = (rows, batch, width)
@@ -218,14 +221,14 @@ class _RNNBase(nn.Module):
             expected = (rows, width)
             kind = "unbatched 2-D input"
         if tuple(hx.shape) != expected:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} must have shape {expected} (num_layers * num_directions"
                 f"{', batch' if batched else ''}, {width}) for {kind}, got {tuple(hx.shape)}"
             )
         if hx.dtype != ref.dtype:
-            raise TypeError(f"{name} has dtype {hx.dtype}, expected {ref.dtype} like input")
+            raise ArgumentTypeError(f"{name} has dtype {hx.dtype}, expected {ref.dtype} like input")
         if hx.device != ref.device:
-            raise ValueError(f"{name} is on {hx.device}, expected {ref.device} like input")
+            raise ArgumentError(f"{name} is on {hx.device}, expected {ref.device} like input")
         return hx if batched else hx.unsqueeze(1)
 
     def _initial_state(self, hx: object, x: Tensor, batched: bool) -> list[State]:
@@ -338,7 +341,7 @@ class RNN(_SingleStateRNN):
         dtype: torch.dtype | None = None,
     ) -> None:
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+            raise ArgumentError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(
             f"rnn_{nonlinearity}",
@@ -398,7 +401,7 @@ class LSTM(_RNNBase):
                 for _ in range(rows)
             ]
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"hx must be a tuple (h_0, c_0) of two tensors for LSTM, got "
                 f"{type(hx).__name__}"
                 + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
@@ -451,10 +454,10 @@ class _CellMixer(SequenceMixer):
         if hidden_size is None:
             hidden_size = d_model
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
-            raise ValueError(f"hidden_size must be a positive int or None, got {hidden_size!r}")
+            raise ArgumentError(f"hidden_size must be a positive int or None, got {hidden_size!r}")
         self.n_heads = positive_int("n_heads", n_heads)
         if hidden_size % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide hidden_size={hidden_size}")
+            raise ArgumentError(f"n_heads={n_heads} must divide hidden_size={hidden_size}")
         self.hidden_size = hidden_size
         self.head_dim = hidden_size // n_heads
         gate_size = GATES[self.cell] * hidden_size

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, positive_int
 from statewise.layers.registry import register
@@ -60,7 +61,7 @@ def check_heads(d_model: int, n_heads: int) -> int:
     """The head width d_model / n_heads; ValueError unless n_heads is a positive divisor."""
     positive_int("n_heads", n_heads)
     if d_model % n_heads:
-        raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        raise ArgumentError(f"n_heads={n_heads} must divide d_model={d_model}")
     return d_model // n_heads
 
 
@@ -68,7 +69,7 @@ def check_chunk_size(chunk_size: int) -> int:
     """A power of two (the chunk form halves chunks down to single steps)."""
     positive_int("chunk_size", chunk_size)
     if chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+        raise ArgumentError(f"chunk_size must be a power of two, got {chunk_size}")
     return chunk_size
 
 

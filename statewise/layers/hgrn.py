@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.checks import flag
 from statewise.layers.mingru import DiagonalLinearMixer, hidden_width
 from statewise.layers.registry import register
@@ -48,11 +49,11 @@ def lower_bound(layer_index: int, n_layers: int) -> float:
     """gamma^k = k / n_layers: the cumulative-softmax lower bound of HGRN at its init."""
     for name, value in (("layer_index", layer_index), ("n_layers", n_layers)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an int, got {value!r}")
+            raise ArgumentError(f"{name} must be an int, got {value!r}")
     if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        raise ArgumentError(f"n_layers must be >= 1, got {n_layers}")
     if not 0 <= layer_index < n_layers:
-        raise ValueError(f"layer_index must be in [0, n_layers={n_layers}), got {layer_index}")
+        raise ArgumentError(f"layer_index must be in [0, n_layers={n_layers}), got {layer_index}")
     return layer_index / n_layers
 
 

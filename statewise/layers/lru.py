@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.checks import flag, positive_int
 from statewise.layers.mingru import DiagonalLinearMixer
 from statewise.layers.registry import register
@@ -83,11 +84,11 @@ def _real_work_dtype(dtype: torch.dtype) -> torch.dtype:
 def _check_init(r_min: float, r_max: float, max_phase: float) -> None:
     for name, value in (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+            raise ArgumentError(f"{name} must be a number, got {value!r}")
     if not 0.0 <= r_min <= r_max <= 1.0 or r_min == 1.0:
-        raise ValueError(f"need 0 <= r_min <= r_max <= 1, r_min < 1, got {r_min}, {r_max}")
+        raise ArgumentError(f"need 0 <= r_min <= r_max <= 1, r_min < 1, got {r_min}, {r_max}")
     if max_phase <= 0:
-        raise ValueError(f"max_phase must be positive, got {max_phase}")
+        raise ArgumentError(f"max_phase must be positive, got {max_phase}")
 
 
 @register(

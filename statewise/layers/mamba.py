@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import no_weight_decay, positive_int
 from statewise.layers.registry import register
@@ -66,15 +67,17 @@ CONV_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def conv_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation called ``name`` (one of :data:`CONV_ACTIVATIONS`)."""
     if name not in CONV_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(CONV_ACTIVATIONS)}, got {name!r}")
+        raise ArgumentError(
+            f"activation must be one of {', '.join(CONV_ACTIVATIONS)}, got {name!r}"
+        )
     return CONV_ACTIVATIONS[name]
 
 
 def check_dt_range(dt_min: float, dt_max: float, dt_init_floor: float) -> None:
     if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        raise ArgumentError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
     if dt_init_floor < 0:
-        raise ValueError(f"dt_init_floor must be >= 0, got {dt_init_floor}")
+        raise ArgumentError(f"dt_init_floor must be >= 0, got {dt_init_floor}")
 
 
 def inverse_softplus_dt(
@@ -92,7 +95,7 @@ def resolve_width(d_model: int, expand: float, d_inner: int | None) -> int:
     if d_inner is not None:
         return positive_int("d_inner", d_inner)
     if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0:
-        raise ValueError(f"expand must be a positive number, got {expand!r}")
+        raise ArgumentError(f"expand must be a positive number, got {expand!r}")
     return max(1, round(expand * d_model))
 
 
@@ -162,7 +165,7 @@ class Mamba(SequenceMixer):
         self._act = conv_activation(activation)
         check_dt_range(dt_min, dt_max, dt_init_floor)
         if dt_init not in ("random", "constant"):
-            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+            raise ArgumentError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
         self.dt_init = (dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
         self.negative_eigenvalues = bool(negative_eigenvalues)
         if scan_chunk_size is not None:

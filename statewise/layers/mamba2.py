@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int
 from statewise.layers.mamba import (
@@ -81,16 +82,16 @@ def _heads(d_inner: int, n_heads: int | None, head_dim: int | None) -> tuple[int
     if head_dim is None:
         positive_int("n_heads", n_heads)
         if d_inner % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_inner={d_inner}")
+            raise ArgumentError(f"n_heads={n_heads} must divide d_inner={d_inner}")
         return n_heads, d_inner // n_heads
     positive_int("head_dim", head_dim)
     if n_heads is None:
         if d_inner % head_dim:
-            raise ValueError(f"head_dim={head_dim} must divide d_inner={d_inner}")
+            raise ArgumentError(f"head_dim={head_dim} must divide d_inner={d_inner}")
         return d_inner // head_dim, head_dim
     positive_int("n_heads", n_heads)
     if n_heads * head_dim != d_inner:
-        raise ValueError(
+        raise ArgumentError(
             f"n_heads * head_dim = {n_heads} * {head_dim} must equal d_inner = {d_inner}"
         )
     return n_heads, head_dim
@@ -100,9 +101,11 @@ def _pair(name: str, value: Sequence[float]) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers (low, high), got {value!r}") from None
+        raise ArgumentError(
+            f"{name} must be a pair of numbers (low, high), got {value!r}"
+        ) from None
     if not lo <= hi:
-        raise ValueError(f"{name} must have low <= high, got {value!r}")
+        raise ArgumentError(f"{name} must have low <= high, got {value!r}")
     return lo, hi
 
 
@@ -177,19 +180,19 @@ class Mamba2(SequenceMixer):
         self.n_heads, self.head_dim = _heads(self.d_inner, n_heads, head_dim)
         self.n_groups = positive_int("n_groups", n_groups)
         if self.n_heads % n_groups:
-            raise ValueError(f"n_groups={n_groups} must divide n_heads={self.n_heads}")
+            raise ArgumentError(f"n_groups={n_groups} must divide n_heads={self.n_heads}")
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.compute_dtype = check_compute_dtype(compute_dtype)
         self.activation = activation
         self._act = conv_activation(activation)
         if not norm_eps > 0:
-            raise ValueError(f"norm_eps must be positive, got {norm_eps}")
+            raise ArgumentError(f"norm_eps must be positive, got {norm_eps}")
         check_dt_range(dt_min, dt_max, dt_init_floor)
         self.dt_init = (dt_min, dt_max, dt_init_floor)
         self.dt_limit = _pair("dt_limit", dt_limit)
         self.A_init_range = _pair("A_init_range", A_init_range)
         if self.A_init_range[0] <= 0:
-            raise ValueError(f"A_init_range must be positive, got {A_init_range!r}")
+            raise ArgumentError(f"A_init_range must be positive, got {A_init_range!r}")
         self.negative_eigenvalues = bool(negative_eigenvalues)
 
         inner, heads, gn = self.d_inner, self.n_heads, self.n_groups * self.d_state

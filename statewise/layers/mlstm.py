@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, positive_int, positive_number
 from statewise.layers.registry import register
@@ -54,7 +55,7 @@ def _head_width(name: str, d_model: int, factor: float, n_heads: int) -> int:
     """int(d_model * factor) / n_heads; ValueError unless that is a positive whole number."""
     total = int(d_model * positive_number(name, factor))
     if total <= 0 or total % n_heads:
-        raise ValueError(
+        raise ArgumentError(
             f"int(d_model * {name}) = {total} must be a positive multiple of n_heads={n_heads}"
         )
     return total // n_heads

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.layers.base import SequenceMixer
 
 
@@ -50,7 +51,7 @@ def names() -> list[str]:
 def info(name: str) -> LayerInfo:
     """The registry entry of ``name``; ValueError naming the choices if unknown."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown layer {name!r}; choose one of: {', '.join(names())}")
+        raise ArgumentError(f"unknown layer {name!r}; choose one of: {', '.join(names())}")
     return _REGISTRY[name]
 
 
@@ -61,5 +62,5 @@ def get(name: str, d_model: int, **kwargs) -> SequenceMixer:
         return cls(d_model=d_model, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
-            raise TypeError(f"layer {name!r}: {err}") from None
+            raise ArgumentTypeError(f"layer {name!r}: {err}") from None
         raise

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, positive_int
 from statewise.layers.registry import register
@@ -100,16 +101,16 @@ class Retention(SequenceMixer):
         super().__init__(d_model, mode)
         positive_int("n_heads", n_heads)
         if d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+            raise ArgumentError(f"n_heads={n_heads} must divide d_model={d_model}")
         if (d_model // n_heads) % 2:
-            raise ValueError(
+            raise ArgumentError(
                 f"the head width d_model / n_heads = {d_model // n_heads} must be even "
                 "(the relative-position rotation acts on feature pairs)"
             )
         positive_int("chunk_size", chunk_size)
         flag("negative_eigenvalues", negative_eigenvalues)
         if negative_eigenvalues and n_heads < 2:
-            raise ValueError(
+            raise ArgumentError(
                 "negative_eigenvalues=True negates the odd heads' decays, so it needs "
                 f"n_heads >= 2, got {n_heads}"
             )

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, no_weight_decay, positive_int
 from statewise.layers.registry import register
@@ -156,7 +157,7 @@ class RGLRUBlock(SequenceMixer):
         positive_int("n_heads", n_heads)
         positive_int("conv_width", conv_width)
         if width % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide lru_width={width}")
+            raise ArgumentError(f"n_heads={n_heads} must divide lru_width={width}")
         flag("negative_eigenvalues", negative_eigenvalues)
         self.lru_width, self.n_heads, self.conv_width = width, n_heads, conv_width
         self.negative_eigenvalues = negative_eigenvalues

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import flag, no_weight_decay, positive_int
 from statewise.layers.gateloop import (
@@ -314,12 +315,12 @@ class RWKV6(SequenceMixer):
         for name, value in (("mix_lora_rank", mix_lora_rank), ("decay_lora_rank", decay_lora_rank)):
             positive_int(name, value)
         if isinstance(ffn_ratio, bool) or not isinstance(ffn_ratio, (int, float)) or ffn_ratio <= 0:
-            raise ValueError(f"ffn_ratio must be a positive number, got {ffn_ratio!r}")
+            raise ArgumentError(f"ffn_ratio must be a positive number, got {ffn_ratio!r}")
         flag("channel_mix", channel_mix)
         if not (isinstance(n_layers, int) and isinstance(layer_index, int)) or not (
             0 <= layer_index < n_layers
         ):
-            raise ValueError(
+            raise ArgumentError(
                 f"need 0 <= layer_index < n_layers, got layer_index={layer_index!r}, "
                 f"n_layers={n_layers!r}"
             )

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import no_weight_decay, positive_int
 from statewise.layers.registry import register
@@ -111,13 +112,15 @@ class S4D(SequenceMixer):
         super().__init__(d_model, mode)
         positive_int("d_state", d_state)
         if d_state % 2:
-            raise ValueError(f"d_state must be even (N/2 complex conjugate pairs), got {d_state}")
+            raise ArgumentError(
+                f"d_state must be even (N/2 complex conjugate pairs), got {d_state}"
+            )
         if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+            raise ArgumentError(f"init must be one of {INITS}, got {init!r}")
         if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+            raise ArgumentError(f"output must be one of {OUTPUTS}, got {output!r}")
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+            raise ArgumentError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_state, self.init, self.output = d_state, init, output
         self.dt_min, self.dt_max = dt_min, dt_max
         h, n = d_model, d_state // 2

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise import kernels
+from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int, positive_number
 from statewise.layers.registry import register
@@ -102,7 +103,7 @@ class SLSTM(SequenceMixer):
         super().__init__(d_model, mode)
         self.n_heads = positive_int("n_heads", n_heads)
         if d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+            raise ArgumentError(f"n_heads={n_heads} must divide d_model={d_model}")
         self.norm_eps = positive_number("norm_eps", norm_eps)
         self.head_dim = d_model // n_heads
         self.in_proj = nn.Linear(d_model, 4 * d_model)

@@ -6,6 +6,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from statewise.errors import ConfigError
+
 HEADS = ("lm", "classifier", "forecaster", "rnn")
 NORMS = ("rmsnorm", "rmsnorm_plus_one", "layernorm")
 MLPS = ("gelu", "geglu", "swiglu")
@@ -72,24 +74,24 @@ class ModelConfig:
         self._resolve_embedding()
         for name in ("d_model", "n_layers"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         for name, value, options in (
             ("head", self.head, HEADS),
             ("norm", self.norm, NORMS),
             ("mlp", self.mlp, MLPS),
         ):
             if value not in options:
-                raise ValueError(f"model.{name} must be one of {options}, got {value!r}")
+                raise ConfigError(f"model.{name} must be one of {options}, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_ratio < 0 or self.logit_softcap < 0 or self.norm_eps <= 0:
-            raise ValueError("model.mlp_ratio and logit_softcap must be >= 0, norm_eps > 0")
+            raise ConfigError("model.mlp_ratio and logit_softcap must be >= 0, norm_eps > 0")
         if self.head == "lm" and self.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be positive for a language model")
+            raise ConfigError("model.vocab_size must be positive for a language model")
         if self.head == "classifier" and self.n_classes < 2:
-            raise ValueError("model.n_classes must be >= 2 for a classifier")
+            raise ConfigError("model.n_classes must be >= 2 for a classifier")
         if self.head == "forecaster" and (self.horizon <= 0 or self.input_dim <= 0):
-            raise ValueError("model.horizon and model.input_dim must be positive for a forecaster")
+            raise ConfigError("model.horizon and model.input_dim must be positive for a forecaster")
 
     def layer_at(self, index: int) -> str:
         """The layer name of block ``index``."""
@@ -114,17 +116,17 @@ class ModelConfig:
         if self.tie_embeddings is None:
             self.tie_embeddings = bool(layer_class.tie_embeddings)
         if self.embed_std <= 0:
-            raise ValueError(f"model.embed_std must be positive, got {self.embed_std}")
+            raise ConfigError(f"model.embed_std must be positive, got {self.embed_std}")
 
     def _check_torch_style_rnn(self) -> None:
         from statewise.layers.classic import TORCH_STYLE
 
         if self.layer not in TORCH_STYLE or self.layers:
-            raise ValueError(f"model.head 'rnn' takes layer = one of {tuple(TORCH_STYLE)}")
+            raise ConfigError(f"model.head 'rnn' takes layer = one of {tuple(TORCH_STYLE)}")
         accepted = inspect.signature(TORCH_STYLE[self.layer].__init__).parameters
         for key in self.layer_kwargs:
             if key not in accepted or key in ("self", "input_size", "hidden_size", "num_layers"):
-                raise ValueError(
+                raise ConfigError(
                     f"model.layer_kwargs.{key}: not an argument of "
                     f"statewise.layers.{TORCH_STYLE[self.layer].__name__}"
                 )
@@ -137,10 +139,10 @@ class ModelConfig:
         options = [p for p in accepted if p not in ("self", "d_model", "layer_index", "n_layers")]
         own = self.layer_kwargs.get(name, {})
         if not isinstance(own, dict):
-            raise ValueError(f"model.layer_kwargs.{name} must be a table of arguments")
+            raise ConfigError(f"model.layer_kwargs.{name} must be a table of arguments")
         for key in {**{k: 1 for k in self.layer_kwargs if k not in names()}, **own}:
             if key not in options:
-                raise ValueError(
+                raise ConfigError(
                     f"model.layer_kwargs.{key}: layer {name!r} has no argument {key!r}; "
                     f"its arguments are {', '.join(options)}"
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from statewise.errors import ConfigError
 from statewise.tasks.base import Task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
 from statewise.tasks.labelled import AnswerAtEnd
@@ -85,11 +86,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"data.task must be one of {TASKS}, got {self.task!r}")
+            raise ConfigError(f"data.task must be one of {TASKS}, got {self.task!r}")
         if self.seq_len < 1:
-            raise ValueError(f"data.seq_len must be positive, got {self.seq_len}")
+            raise ConfigError(f"data.seq_len must be positive, got {self.seq_len}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         for name, low in (
             ("n_copy", 1),
             ("train_max_len", 1),
@@ -104,15 +105,15 @@ class DataConfig:
             ("min_length", 1),
         ):
             if getattr(self, name) < low:
-                raise ValueError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+                raise ConfigError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
         if not 0.0 <= self.p_operator < 1.0:
-            raise ValueError(f"data.p_operator must be in [0, 1), got {self.p_operator}")
+            raise ConfigError(f"data.p_operator must be in [0, 1), got {self.p_operator}")
         if self.task == "seq_class" and not 0.0 < self.test_fraction < 1.0 - self.val_fraction:
-            raise ValueError(
+            raise ConfigError(
                 f"data.test_fraction must be in (0, 1 - val_fraction), got {self.test_fraction}"
             )
         if self.dataset not in DATASETS:
-            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+            raise ConfigError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
 
 
 def build_task(config: DataConfig, seed: int) -> Task:
@@ -150,7 +151,7 @@ def _state_tracking(config: DataConfig, seed: int) -> Task:
 
 def _listops(config: DataConfig, seed: int) -> AnswerAtEnd:
     if config.seq_len < 4:
-        raise ValueError(
+        raise ConfigError(
             f"data.seq_len (the longest expression) must be >= 4, got {config.seq_len}"
         )
     splits = listops(

@@ -23,14 +23,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from statewise.errors import CheckpointError, ConfigError
 from statewise.models import build_model
-from statewise.train.config import ConfigError, RunConfig, load_config
+from statewise.train.config import RunConfig, load_config
 
 FILES = ("config.toml", "model.safetensors", "train_state.pt", "metrics.jsonl")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that is missing, incomplete or does not fit its config."""
 
 
 def _sibling(path: Path, suffix: str) -> Path:

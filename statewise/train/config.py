@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 
+from statewise.errors import ConfigError
 from statewise.models.config import ModelConfig
 from statewise.tasks.config import DataConfig
 
@@ -24,10 +25,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the key."""
 
 
 @dataclass

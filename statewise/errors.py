@@ -1,0 +1,66 @@
+"""statewise's exception types for bad input.
+
+Every error a user can cause and fix (a config, a checkpoint, a data file, an argument)
+is an ``InputError``. Each type also subclasses ``ValueError`` or ``TypeError``, so code
+that catches those keeps working. The CLI prints an ``InputError`` (or an ``OSError``) as
+one line with exit code 2; any other exception is a bug in statewise: exit code 1 and the
+traceback.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class InputError(Exception):
+    """Input that statewise cannot use; the message names the argument, key or file."""
+
+
+class ArgumentError(InputError, ValueError):
+    """An argument (Python or command line) with a value out of range."""
+
+
+class ArgumentTypeError(InputError, TypeError):
+    """An argument of the wrong type."""
+
+
+class ConfigError(InputError, ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class CheckpointError(InputError, ValueError):
+    """A checkpoint or saved-model directory that is missing, incomplete, corrupt, or does
+    not fit its config."""
+
+
+class DataError(InputError, ValueError):
+    """Data (a text file, a series, an array) that cannot be used for the task."""
+
+
+class RunLockedError(InputError, OSError):
+    """An output directory that another statewise process is writing."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient norm: the run stopped, its last good checkpoint kept.
+
+    Not an ``InputError``: the input was valid, the optimisation failed (the usual fix is
+    a lower learning rate). ``step`` is the step whose loss or gradient was not finite.
+    """
+
+    def __init__(self, step: int, what: str, value: float) -> None:
+        self.step, self.what, self.value = step, what, value
+        super().__init__(
+            f"training diverged at step {step}: {what} is {value} "
+            "(try a lower learning rate or gradient clipping)"
+        )
+
+
+def finite_number(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite real number (not a bool), else an error
+    naming ``name``: NaN passes every ``<``/``<=`` range check, so ranges alone admit it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ArgumentError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
