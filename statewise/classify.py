@@ -25,14 +25,18 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from statewise.errors import ArgumentError, ArgumentTypeError, CheckpointError
 from statewise.fit import (
     NotFittedError,
     as_tensor,
     atomic_save,
     check_finite,
     check_limits,
+    load_saved_weights,
+    read_saved,
     total_steps,
     train_loop,
+    unchanged_if_diverged,
 )
 from statewise.models.config import ModelConfig
 from statewise.models.heads import ClassifierHead
@@ -74,12 +78,14 @@ class SequenceClassifier:
             ("batch_size", batch_size, 1),
         ):
             if value is not None and (not isinstance(value, int) or value < low):
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+                raise ArgumentError(f"{name} must be an int >= {low}, got {value!r}")
         if vocab_size is not None and input_dim is not None:
-            raise ValueError("give vocab_size (token input) or input_dim (real values), not both")
+            raise ArgumentError(
+                "give vocab_size (token input) or input_dim (real values), not both"
+            )
         for name in ("head", "horizon"):
             if name in model_kwargs:
-                raise ValueError(f"{name} is fixed by SequenceClassifier, do not pass it")
+                raise ArgumentError(f"{name} is fixed by SequenceClassifier, do not pass it")
         self.options = dict(
             layer=layer,
             n_classes=n_classes,
@@ -101,6 +107,7 @@ class SequenceClassifier:
 
     # ---- training ------------------------------------------------------------------------
 
+    @unchanged_if_diverged
     def fit(
         self,
         x: Any,
@@ -128,7 +135,7 @@ class SequenceClassifier:
         val_data = None
         if val is not None:
             if not isinstance(val, tuple | list) or len(val) not in (2, 3):
-                raise ValueError("val must be a tuple (x, y) or (x, y, lengths)")
+                raise ArgumentError("val must be a tuple (x, y) or (x, y, lengths)")
             vx, vreal = self._inputs(val[0], val[2] if len(val) == 3 else None, None, "val x")
             val_data = (vx, vreal, self._labels(val[1], vx.shape[0], "val y"))
         torch.manual_seed(self.options["seed"])
@@ -208,24 +215,24 @@ class SequenceClassifier:
             safetensors.torch.save_model(self.model, str(tmp / _FILES[1]))
             return _FILES
 
-        atomic_save(path, write)
+        atomic_save(path, write, "SequenceClassifier", _FILES)
 
     @classmethod
     def load(cls, path: str | Path) -> SequenceClassifier:
-        path = Path(path)
-        if not all((path / name).is_file() for name in _FILES):
-            raise ValueError(f"path {str(path)!r} is not a saved SequenceClassifier directory")
-        meta = json.loads((path / _FILES[0]).read_text(encoding="utf-8"))
-        options = dict(meta["options"])
-        model_kwargs = options.pop("model_kwargs")
-        self = cls(**options, **model_kwargs)
-        self.n_classes, self.vocab_size = meta["n_classes"], meta["vocab_size"]
-        self.input_dim = meta["input_dim"]
-        if meta["mean"] is not None:
-            self.mean = torch.tensor(meta["mean"], dtype=torch.float32)
-            self.std = torch.tensor(meta["std"], dtype=torch.float32)
-        self.model = self._build()
-        safetensors.torch.load_model(self.model, str(path / _FILES[1]))
+        meta = read_saved(path, "SequenceClassifier", _FILES)
+        try:
+            options = dict(meta["options"])
+            model_kwargs = options.pop("model_kwargs")
+            self = cls(**options, **model_kwargs)
+            self.n_classes, self.vocab_size = meta["n_classes"], meta["vocab_size"]
+            self.input_dim = meta["input_dim"]
+            if meta["mean"] is not None:
+                self.mean = torch.tensor(meta["mean"], dtype=torch.float32)
+                self.std = torch.tensor(meta["std"], dtype=torch.float32)
+            self.model = self._build()
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: {_FILES[0]} does not describe a model: {err}") from None
+        load_saved_weights(self.model, path)
         self.model.eval()
         return self
 
@@ -259,14 +266,14 @@ class SequenceClassifier:
         t, _ = as_tensor(x, name)
         if self.vocab_size is not None:
             if t.is_floating_point():
-                raise TypeError(f"{name} must hold integer token ids, got dtype {t.dtype}")
+                raise ArgumentTypeError(f"{name} must hold integer token ids, got dtype {t.dtype}")
             if t.dim() != 2 or t.shape[1] == 0:
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} must have shape (N, T) of token ids, got {tuple(t.shape)}"
                 )
             t = t.long()
             if t.numel() and (t.min() < 0 or t.max() >= self.vocab_size):
-                raise ValueError(f"{name} token ids must lie in [0, {self.vocab_size})")
+                raise ArgumentError(f"{name} token ids must lie in [0, {self.vocab_size})")
         else:
             if self.input_dim == 1 and t.dim() == 2:
                 t = t[:, :, None]
@@ -274,23 +281,23 @@ class SequenceClassifier:
                 shapes = (
                     "(N, T) or (N, T, 1)" if self.input_dim == 1 else f"(N, T, {self.input_dim})"
                 )
-                raise ValueError(f"{name} must have shape {shapes}, got {tuple(t.shape)}")
+                raise ArgumentError(f"{name} must have shape {shapes}, got {tuple(t.shape)}")
             t = t.float()
             check_finite(t, name)
         if t.shape[0] == 0:
-            raise ValueError(f"{name} is empty")
+            raise ArgumentError(f"{name} is empty")
         return t, _real_mask(lengths, mask, t.shape[0], t.shape[1])
 
     def _labels(self, y: Any, n: int, name: str, infer: bool = False) -> torch.Tensor:
         t, _ = as_tensor(y, name)
         if t.is_floating_point():
-            raise TypeError(f"{name} must hold integer class labels, got dtype {t.dtype}")
+            raise ArgumentTypeError(f"{name} must hold integer class labels, got dtype {t.dtype}")
         if t.dim() != 1 or t.shape[0] != n:
-            raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+            raise ArgumentError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
         t = t.long()
         if t.min() < 0 or (not infer and t.max() >= self.n_classes):
             high = "" if infer else f", {self.n_classes}"
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} labels must lie in [0{high})" if high else f"{name} labels must be >= 0"
             )
         return t
@@ -332,22 +339,24 @@ class SequenceClassifier:
 def _real_mask(lengths: Any, mask: Any, n: int, T: int) -> torch.Tensor | None:
     """lengths (N,) (right padding) or mask (N, T) bool -> mask (N, T) bool, or None."""
     if lengths is not None and mask is not None:
-        raise ValueError("give lengths or mask, not both")
+        raise ArgumentError("give lengths or mask, not both")
     if mask is not None:
         m, _ = as_tensor(mask, "mask") if not _is_bool(mask) else (torch.as_tensor(mask), 0)
         if m.shape != (n, T):
-            raise ValueError(f"mask must have shape ({n}, {T}), got {tuple(m.shape)}")
+            raise ArgumentError(f"mask must have shape ({n}, {T}), got {tuple(m.shape)}")
         m = m.bool().cpu()
         if not m.any(1).all():
-            raise ValueError("mask has a row with no real token")
+            raise ArgumentError("mask has a row with no real token")
         return m
     if lengths is None:
         return None
     t, _ = as_tensor(lengths, "lengths")
     if t.is_floating_point() or t.shape != (n,):
-        raise ValueError(f"lengths must be an integer array of shape ({n},), got {tuple(t.shape)}")
+        raise ArgumentError(
+            f"lengths must be an integer array of shape ({n},), got {tuple(t.shape)}"
+        )
     if t.min() < 1 or t.max() > T:
-        raise ValueError(f"lengths must lie in [1, {T}]")
+        raise ArgumentError(f"lengths must lie in [1, {T}]")
     return torch.arange(T)[None, :] < t.long()[:, None]
 
 

@@ -1,8 +1,16 @@
-"""The ``statewise`` command: models, train, eval, generate.
+"""The ``statewise`` command: models, train, eval, generate, convert, bench, arena.
 
-Every mistake a user can make (a bad config, a missing checkpoint, an empty prompt, a
-wrong flag) ends with one line on stderr and exit code 2, and nothing is overwritten.
-Set STATEWISE_DEBUG=1 to see the traceback instead.
+Exit codes:
+    0   done
+    1   a bug in statewise: the traceback is printed, with a line saying so
+    2   input that cannot be used (a bad config, flag, checkpoint or data file, a directory
+        that another process writes, a file that cannot be read or written): one line on
+        stderr, and nothing is overwritten (statewise.errors.InputError, OSError)
+    3   training diverged (a non-finite loss or gradient norm): one line naming the step
+        and the value; the last good checkpoint is kept
+    130 / 143  interrupted (Ctrl-C) / terminated (SIGTERM), after saving what can be saved
+Warnings (a checkpoint skipped for an older one, a stale lock taken over) are one line
+each on stderr. Set STATEWISE_DEBUG=1 to see the traceback of an exit-2 or exit-3 error.
 """
 
 from __future__ import annotations
@@ -14,14 +22,19 @@ import os
 import signal
 import sys
 import threading
+import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from statewise import layers
 from statewise.arena.cli import add_arena_parser, cmd_arena
-from statewise.errors import ArgumentError
+from statewise.errors import ArgumentError, InputError, TrainingDiverged
 
+EXIT_BUG = 1
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 class UsageError(ArgumentError):
@@ -176,10 +189,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    previous = warnings.showwarning
+    warnings.showwarning = _warning_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _one_line_warnings():
             args, extra = build_parser().parse_known_args(argv)
             if extra and args.command != "train":
                 raise UsageError(
@@ -194,15 +217,41 @@ def main(argv: list[str] | None = None) -> int:
         what = "terminated" if isinstance(stop, Terminated) else "interrupted"
         print(f"statewise: {what} ({how})", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
-    except (ValueError, TypeError, OSError) as err:
-        if os.environ.get("STATEWISE_DEBUG"):
-            raise
-        message = str(err).replace("\n", " ")
+    except (InputError, OSError) as err:
+        return _one_line(err, EXIT_USAGE)
+    except TrainingDiverged as err:
+        return _one_line(err, EXIT_DIVERGED)
+    except Exception:
+        traceback.print_exc()
         print(
-            message if message.startswith("statewise") else f"statewise: error: {message}",
+            "statewise: this is a bug in statewise, not a mistake in your input; please "
+            "report it with the traceback above",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return EXIT_BUG
+
+
+def _one_line(err: Exception, code: int) -> int:
+    if os.environ.get("STATEWISE_DEBUG"):
+        raise err
+    message = str(err).replace("\n", " ")
+    print(
+        message if message.startswith("statewise") else f"statewise: error: {message}",
+        file=sys.stderr,
+    )
+    return code
+
+
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Warnings as one line, without the source line Python shows by default."""
+    print(f"statewise: warning: {message}", file=file or sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
@@ -293,14 +342,14 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     for flag, n in (("--test-batches", args.test_batches), ("--val-batches", args.val_batches)):
         if n is not None and n < 1:
             raise UsageError(f"statewise eval: {flag} must be >= 1, got {n}")
-    model = checkpoint.load(args.checkpoint)
-    config = checkpoint.load_run_config(args.checkpoint)
+    saved = checkpoint.read(args.checkpoint)  # one checkpoint, however the run moves on
+    config = saved.config()
     if config.model.head != "lm":
         raise UsageError(
             f"statewise eval: {args.checkpoint} holds a {config.model.head!r} model; "
             "eval measures language models"
         )
-    step = checkpoint.load_train_state(args.checkpoint)["step"]
+    model, step = saved.model(), saved.step
     task = build_task(config.data, config.train.seed)
     result = {
         "step": step,
@@ -332,19 +381,23 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.infer.generate import generate_text
+    from statewise.models.sampling import check_sampling
     from statewise.train import checkpoint
 
     if not args.prompt:
         raise UsageError("statewise generate: --prompt is empty; give at least one character")
     if args.max_new_tokens < 0:
         raise UsageError("statewise generate: --max-new-tokens must be >= 0")
-    model = checkpoint.load(args.checkpoint)
-    task = checkpoint.load_run_config(args.checkpoint).data.task
+    check_sampling(args.temperature, args.top_k, args.top_p)  # before the model is read
+    saved = checkpoint.read(args.checkpoint)
+    task = saved.config().data.task
     if task != "char_lm":
         raise UsageError(
             f"statewise generate: {args.checkpoint} was trained on data.task "
             f"{task!r}, not on text; generate needs a char_lm checkpoint"
         )
+
+    model = saved.model()
 
     def show(text: str) -> None:
         print(text, end="", flush=True)

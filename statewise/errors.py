@@ -64,3 +64,25 @@ def finite_number(name: str, value: object) -> float:
     if not math.isfinite(value):
         raise ArgumentError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def check_finite_fields(config: object, section: str) -> None:
+    """ConfigError naming ``section.field`` for a NaN or infinite float in a dataclass
+    config (in a field or a list field). In a table of arguments handed on to a layer
+    (``layer_kwargs``) NaN is refused and inf is left to the layer, which may give it a
+    meaning (mamba2's ``dt_limit = [0.0, inf]``: no upper limit) or refuse it."""
+    import dataclasses
+
+    def check(value: object, key: str, allow_inf: bool) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            if math.isnan(value) or not allow_inf:
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                check(item, key, allow_inf)
+        if isinstance(value, dict):
+            for name, item in value.items():
+                check(item, f"{key}.{name}", True)
+
+    for f in dataclasses.fields(config):
+        check(getattr(config, f.name), f"{section}.{f.name}", False)

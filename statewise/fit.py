@@ -8,6 +8,8 @@ a directory.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import math
 import os
 import shutil
@@ -18,12 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from statewise.errors import InputError
+from statewise.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    CheckpointError,
+    DataError,
+    InputError,
+    TrainingDiverged,
+    finite_number,
+)
 from statewise.train.config import TrainConfig
-from statewise.train.optim import lr_at, make_optimizer
+from statewise.train.optim import check_finite_step, clip_gradients, lr_at, make_optimizer
 
 
 class NotFittedError(InputError, ValueError):
@@ -34,13 +46,15 @@ def check_array(value: Any, name: str) -> bool:
     """True for numpy, False for torch; TypeError otherwise."""
     if isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.number):
-            raise TypeError(f"{name} must hold numbers, got dtype {value.dtype}")
+            raise ArgumentTypeError(f"{name} must hold numbers, got dtype {value.dtype}")
         return True
     if isinstance(value, torch.Tensor):
         if value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be a real-valued tensor, got dtype {value.dtype}")
+            raise ArgumentTypeError(f"{name} must be a real-valued tensor, got dtype {value.dtype}")
         return False
-    raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}")
+    raise ArgumentTypeError(
+        f"{name} must be a numpy array or torch tensor, got {type(value).__name__}"
+    )
 
 
 def as_tensor(value: Any, name: str) -> tuple[torch.Tensor, bool]:
@@ -51,13 +65,13 @@ def as_tensor(value: Any, name: str) -> tuple[torch.Tensor, bool]:
 
 def check_finite(x: torch.Tensor, name: str) -> None:
     if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise DataError(f"{name} contains NaN or infinite values")
 
 
 def check_limits(epochs: Any, max_steps: Any, budget_s: Any) -> None:
     for name, value in (("epochs", epochs), ("max_steps", max_steps), ("budget_s", budget_s)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}")
+        if value is not None and not (finite_number(name, value) > 0):
+            raise ArgumentError(f"{name} must be positive, got {value!r}")
 
 
 def total_steps(
@@ -87,7 +101,8 @@ def train_loop(
 ) -> None:
     """Minimise ``loss_fn(indices)`` over shuffled minibatches of ``n`` examples until
     ``total`` steps or ``budget_s`` seconds. After every epoch and at the end, ``validate()``
-    -> (name, score, lower is better) is logged and the best weights are restored at the end."""
+    -> (name, score, lower is better) is logged and the best weights are restored at the end.
+    A non-finite loss or gradient norm raises TrainingDiverged before that step is taken."""
     steps_per_epoch = math.ceil(n / batch_size)
     # budget only: warm up over 20 steps, then plan the cosine from the measured speed
     planned = total if total is not None else 10**9
@@ -110,7 +125,7 @@ def train_loop(
             loss = loss_fn(idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            check_finite_step(step + 1, loss, clip_gradients(model, config.grad_clip))
             optimizer.step()
             step += 1
             elapsed = time.perf_counter() - start
@@ -139,25 +154,82 @@ def train_loop(
     model.eval()
 
 
-def atomic_save(path: str | Path, write: Callable[[Path], Iterable[str]]) -> None:
-    """Fill directory ``path`` atomically: ``write(tmp)`` writes files into a temporary
-    sibling directory and returns their names, which are fsynced before the directory is
-    renamed into place (an older ``path`` is moved aside and removed)."""
+def atomic_save(
+    path: str | Path, write: Callable[[Path], Iterable[str]], kind: str, files: tuple[str, ...]
+) -> None:
+    """Fill directory ``path`` with a saved ``kind`` (exactly the files ``files``):
+    ``write(tmp)`` writes them into a new hidden sibling directory, they are fsynced, and the
+    directory is renamed into place. An existing ``path`` is replaced only if it holds
+    exactly a saved ``kind``; anything else there is an error naming ``path``, raised
+    before anything is written or moved."""
     path = Path(path)
+    if path.exists() or path.is_symlink():
+        held = sorted(p.name for p in path.iterdir()) if path.is_dir() else None
+        if path.is_symlink() or held != sorted(files):
+            raise ArgumentError(
+                f"{path} exists and is not a saved {kind} (it would be replaced); nothing "
+                "was changed: choose a new path, or the directory of a saved " + kind
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        for name in write(tmp):
+        written = sorted(write(tmp))
+        if written != sorted(files):
+            raise RuntimeError(f"saving a {kind} wrote {written}, expected {sorted(files)}")
+        for name in written:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(path.name + ".old")
-    if old.exists():  # left by an earlier save that was killed mid-swap
-        shutil.rmtree(old)
-    if path.exists():
-        path.rename(old)
+    if not path.exists():
+        tmp.rename(path)
+        return
+    # the old save is moved onto an empty directory of our own, then removed
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".replaced", dir=path.parent))
+    path.rename(aside)
     tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    shutil.rmtree(aside)
+
+
+def read_saved(path: str | Path, kind: str, files: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON metadata (``files[0]``) of a saved ``kind`` in ``path``; CheckpointError
+    when ``path`` is not one or the file cannot be read."""
+    path = Path(path)
+    if not all((path / name).is_file() for name in files):
+        raise CheckpointError(f"path {str(path)!r} is not a saved {kind} directory")
+    try:
+        meta = json.loads((path / files[0]).read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise CheckpointError(f"{path / files[0]} cannot be read: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("options"), dict):
+        raise CheckpointError(f"{path / files[0]} is not the metadata of a saved {kind}")
+    return meta
+
+
+def load_saved_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """model.safetensors of a saved estimator into ``model``; CheckpointError if it cannot
+    be read or does not fit."""
+    try:
+        safetensors.torch.load_model(model, str(Path(path) / "model.safetensors"))
+    except (RuntimeError, OSError, safetensors.SafetensorError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: model.safetensors cannot be loaded: {first}") from None
+
+
+def unchanged_if_diverged(fit: Callable) -> Callable:
+    """Decorator for an estimator's ``fit``: when training diverges (TrainingDiverged),
+    the estimator is put back as it was before the call (fitted or not), then the error
+    propagates."""
+
+    @functools.wraps(fit)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        saved = {**self.__dict__, "history": list(self.history)}
+        try:
+            return fit(self, *args, **kwargs)
+        except TrainingDiverged:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    return wrapper

@@ -26,20 +26,26 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from statewise.errors import ArgumentError, CheckpointError
 from statewise.fit import (
     NotFittedError,
     atomic_save,
     check_array,
     check_finite,
     check_limits,
+    load_saved_weights,
+    read_saved,
     total_steps,
     train_loop,
+    unchanged_if_diverged,
 )
 from statewise.models.config import ModelConfig
 from statewise.models.heads import ForecastHead
 from statewise.tasks.forecast import mae, mse, train_statistics, windows
 
 __all__ = ["Forecaster", "NotFittedError"]
+
+_FILES = ("forecaster.json", "model.safetensors")
 
 
 class Forecaster:
@@ -62,7 +68,7 @@ class Forecaster:
     ) -> None:
         for name, value in (("input_len", input_len), ("horizon", horizon)):
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ArgumentError(f"{name} must be a positive int, got {value!r}")
         self.options = dict(
             layer=layer,
             input_len=input_len,
@@ -84,6 +90,7 @@ class Forecaster:
 
     # ---- training ------------------------------------------------------------------------
 
+    @unchanged_if_diverged
     def fit(
         self,
         train: Any,
@@ -105,7 +112,7 @@ class Forecaster:
         if val is not None:
             val_series = _as_series(val, "val", self.input_len + self.horizon)
             if val_series.shape[1] != series.shape[1]:
-                raise ValueError(
+                raise ArgumentError(
                     f"val has {val_series.shape[1]} channels, train has {series.shape[1]}"
                 )
         torch.manual_seed(self.options["seed"])
@@ -178,25 +185,27 @@ class Forecaster:
         }
 
         def write(tmp: Path) -> list[str]:
-            (tmp / "forecaster.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            safetensors.torch.save_model(self.model, str(tmp / "model.safetensors"))
-            return ["forecaster.json", "model.safetensors"]
+            (tmp / _FILES[0]).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            safetensors.torch.save_model(self.model, str(tmp / _FILES[1]))
+            return _FILES
 
-        atomic_save(path, write)
+        atomic_save(path, write, "Forecaster", _FILES)
 
     @classmethod
     def load(cls, path: str | Path) -> Forecaster:
-        path = Path(path)
-        if not (path / "forecaster.json").is_file() or not (path / "model.safetensors").is_file():
-            raise ValueError(f"path {str(path)!r} is not a saved Forecaster directory")
-        meta = json.loads((path / "forecaster.json").read_text(encoding="utf-8"))
-        options = dict(meta["options"])
-        model_kwargs = options.pop("model_kwargs")
-        self = cls(**options, **model_kwargs)
-        self.mean = torch.tensor(meta["mean"], dtype=torch.float32)
-        self.std = torch.tensor(meta["std"], dtype=torch.float32)
-        self.model = self._build(meta["n_channels"])
-        safetensors.torch.load_model(self.model, str(path / "model.safetensors"))
+        meta = read_saved(path, "Forecaster", _FILES)
+        try:
+            options = dict(meta["options"])
+            model_kwargs = options.pop("model_kwargs")
+            self = cls(**options, **model_kwargs)
+            self.mean = torch.tensor(meta["mean"], dtype=torch.float32)
+            self.std = torch.tensor(meta["std"], dtype=torch.float32)
+            self.model = self._build(meta["n_channels"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: forecaster.json does not describe a model: {err}"
+            ) from None
+        load_saved_weights(self.model, path)
         self.model.eval()
         return self
 
@@ -231,7 +240,7 @@ class Forecaster:
 
     def _check_channels(self, c: int, name: str) -> None:
         if c != self.mean.shape[0]:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} has {c} channels, the model was fitted on {self.mean.shape[0]}"
             )
 
@@ -258,7 +267,7 @@ class Forecaster:
                 if C == 1
                 else f"({L}, {C}) or (N, {L}, {C})"
             )
-            raise ValueError(f"context must have shape {expected}, got {shape}")
+            raise ArgumentError(f"context must have shape {expected}, got {shape}")
 
         def restore(out: torch.Tensor):
             for dim in sorted(squeeze, reverse=True):
@@ -277,10 +286,10 @@ def _as_series(value: Any, name: str, min_rows: int) -> torch.Tensor:
     if x.dim() == 1:
         x = x[:, None]
     if x.dim() != 2 or x.shape[1] == 0:
-        raise ValueError(f"{name} must have shape (N,) or (N, C), got {tuple(x.shape)}")
+        raise ArgumentError(f"{name} must have shape (N,) or (N, C), got {tuple(x.shape)}")
     check_finite(x, name)
     if x.shape[0] < min_rows:
-        raise ValueError(
+        raise ArgumentError(
             f"{name} has {x.shape[0]} rows, fewer than input_len + horizon = {min_rows}"
         )
     return x

@@ -7,6 +7,7 @@ time budget, ranked per task (``statewise arena``; see docs/arena.md).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from statewise.arena.suites import Suite, TaskSpec, builtin_suites, task_spec
+from statewise.errors import ArgumentError
+from statewise.train.lock import writer_lock
 
 __all__ = ["Suite", "TaskSpec", "run_arena", "builtin_suites", "task_spec"]
 
@@ -41,7 +44,7 @@ def resolve(
     else:
         table = builtin_suites()
         if suite not in table:
-            raise ValueError(
+            raise ArgumentError(
                 f"statewise arena: unknown suite {suite!r}; choose one of: {', '.join(table)}"
             )
         chosen = table[suite]
@@ -52,18 +55,20 @@ def resolve(
         ("--steps", steps),
         ("--d-model", d_model),
     ):
-        if value is not None and not value > 0:
-            raise ValueError(f"statewise arena: {flag} must be positive, got {value:g}")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ArgumentError(
+                f"statewise arena: {flag} must be positive and finite, got {value:g}"
+            )
     layers = _unique(layers) if layers else list(chosen.layers)
     unknown = [n for n in layers if n not in names()]
     if unknown:
-        raise ValueError(
+        raise ArgumentError(
             f"statewise arena: unknown layer {unknown[0]!r}; choose from: {', '.join(names())}"
         )
     try:
         specs = [task_spec(n) for n in (_unique(tasks) if tasks else chosen.tasks)]
-    except ValueError as err:
-        raise ValueError(f"statewise arena: {err}") from None
+    except ValueError as err:  # task_spec's unknown task
+        raise ArgumentError(f"statewise arena: {err}") from None
     chosen = replace(
         chosen,
         layers=tuple(layers),
@@ -104,29 +109,30 @@ def run_arena(
     chosen, specs, layers = resolve(suite, layers, tasks, budget_s, seeds, params, steps, d_model)
     cpus = os.cpu_count() or 1
     if not (isinstance(jobs, int) and 1 <= jobs <= cpus):
-        raise ValueError(f"statewise arena: --jobs must be 1 .. {cpus} (the CPUs), got {jobs}")
+        raise ArgumentError(f"statewise arena: --jobs must be 1 .. {cpus} (the CPUs), got {jobs}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"statewise arena: --out {out} is a file, not a directory")
+        raise ArgumentError(f"statewise arena: --out {out} is a file, not a directory")
     time_budget = None if steps is not None else chosen.budget_s
-    results = run_cells(chosen, specs, layers, chosen.seeds, time_budget, steps, out, log, jobs)
-    options = {
-        "suite": chosen.name,
-        "layers": layers,
-        "tasks": list(chosen.tasks),
-        "params": chosen.params,
-        "d_model": chosen.d_model,
-        "budget_s": time_budget,
-        "steps": steps,
-        "seeds": chosen.seeds,
-        "n_layers": chosen.n_layers,
-        "batch_size": chosen.batch_size,
-        "jobs": jobs,
-    }
-    board = aggregate(results)
-    report = to_json(board, results, options)
-    write_json(out / "leaderboard.json", report)
-    (out / "leaderboard.md").write_text(to_markdown(board, options), encoding="utf-8")
-    plots = write_plots(board, results, out)
-    (out / "index.html").write_text(render(board, options, plots), encoding="utf-8")
+    with writer_lock(out, f"statewise arena --out {out}"):
+        results = run_cells(chosen, specs, layers, chosen.seeds, time_budget, steps, out, log, jobs)
+        options = {
+            "suite": chosen.name,
+            "layers": layers,
+            "tasks": list(chosen.tasks),
+            "params": chosen.params,
+            "d_model": chosen.d_model,
+            "budget_s": time_budget,
+            "steps": steps,
+            "seeds": chosen.seeds,
+            "n_layers": chosen.n_layers,
+            "batch_size": chosen.batch_size,
+            "jobs": jobs,
+        }
+        board = aggregate(results)
+        report = to_json(board, results, options)
+        write_json(out / "leaderboard.json", report)
+        (out / "leaderboard.md").write_text(to_markdown(board, options), encoding="utf-8")
+        plots = write_plots(board, results, out)
+        (out / "index.html").write_text(render(board, options, plots), encoding="utf-8")
     return report

@@ -10,6 +10,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.models import ModelConfig, build_model
 
 MAX_D_MODEL = 4096
@@ -51,7 +52,7 @@ def match_d_model(config: ModelConfig, budget: int) -> tuple[int, int]:
     count closest to ``budget`` (ties go to the smaller width). The count grows with
     d_model, so doubling and then bisecting over the multiples finds the crossing."""
     if budget <= 0:
-        raise ValueError(f"the parameter budget must be positive, got {budget}")
+        raise ArgumentError(f"the parameter budget must be positive, got {budget}")
     step = width_step(config)
     limit = MAX_D_MODEL // step
     lo, hi = 1, 1  # in units of step
@@ -70,7 +71,7 @@ def match_d_model(config: ModelConfig, budget: int) -> tuple[int, int]:
         if count is not None and (best is None or abs(count - budget) < abs(best[1] - budget)):
             best = (k * step, count)
     if best is None:
-        raise ValueError(f"layer {config.layer!r}: no d_model near the budget {budget} builds")
+        raise ArgumentError(f"layer {config.layer!r}: no d_model near the budget {budget} builds")
     return best
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from statewise.errors import ArgumentError
+
 
 def add_arena_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -63,7 +65,7 @@ def _names(text: str | None, flag: str) -> list[str] | None:
         return None
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
-        raise ValueError(f"statewise arena: {flag} is empty")
+        raise ArgumentError(f"statewise arena: {flag} is empty")
     return items
 
 

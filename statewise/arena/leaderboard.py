@@ -34,10 +34,18 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _row(layer: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [c for c in cells if "error" not in c]
-    row: dict[str, Any] = {"layer": layer, "seeds": len(ok)}
-    if not ok:
+    """One layer's row: the mean over its seeds that trained. A seed whose every learning
+    rate diverged is counted in ``diverged_seeds``; if all did, the row says so."""
+    stored = [c for c in cells if "error" not in c]
+    row: dict[str, Any] = {"layer": layer, "seeds": len(stored)}
+    if not stored:
         return {**row, "family": cells[0]["family"], "value": None, "error": cells[0]["error"]}
+    ok = [c for c in stored if "diverged" not in c]
+    if len(ok) < len(stored):
+        row["diverged_seeds"] = len(stored) - len(ok)
+    if not ok:
+        same = {k: stored[0][k] for k in SAME_FIELDS}
+        return {**row, **same, "value": None, "diverged": stored[0]["diverged"]}
     values = [c["value"] for c in ok]
     row["value"] = _mean(values)
     real = [v for v in values if v is not None]
@@ -87,10 +95,9 @@ def table(task: str, entry: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     head += ["params", "d_model", "state", "tokens/s", "seconds", "lr", "steps"]
     body = []
     for i, r in enumerate(rows, 1):
-        if r.get("value") is None and "params" not in r:
-            body.append(
-                [str(i), r["layer"], f"failed: {r.get('error', '')}"] + [""] * (len(head) - 3)
-            )
+        if r.get("value") is None and ("params" not in r or "diverged" in r):
+            note = r["diverged"] if "diverged" in r else f"failed: {r.get('error', '')}"
+            body.append([str(i), r["layer"], note] + [""] * (len(head) - 3))
             continue
         value = _fmt(r["value"], ".4f") + (f" ± {r['std']:.4f}" if r.get("std") else "")
         line = [str(i), r["layer"], value]

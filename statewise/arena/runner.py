@@ -35,6 +35,7 @@ import torch
 
 from statewise.arena.budget import count_params, match_d_model, model_state_floats
 from statewise.arena.suites import Suite, TaskSpec
+from statewise.errors import ArgumentError, TrainingDiverged
 from statewise.fit import train_loop
 from statewise.models import ModelConfig, build_model
 from statewise.tasks.config import DataConfig, build_task
@@ -101,7 +102,9 @@ def _train_run(
     budget_s: float | None,
     steps: int | None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train one model at one learning rate; returns it and its validation record."""
+    """Train one model at one learning rate; returns it and its validation record, or
+    None and a record with ``diverged`` (the step and the non-finite value) if it
+    diverged."""
     torch.manual_seed(seed)
     model = build_model(config)
     batch = suite.batch_size
@@ -115,19 +118,23 @@ def _train_run(
 
     total = steps if steps is not None else _plan_steps(model, task, batch, budget_s)
     history: list[dict[str, float]] = []
-    train_loop(
-        model,
-        loss_fn,
-        batch * total,  # one "epoch" is the whole run: no validation until the end
-        batch_size=batch,
-        lr=lr,
-        weight_decay=WEIGHT_DECAY,
-        seed=seed,
-        total=total,
-        budget_s=None if steps is not None else budget_s,
-        progress=False,
-        history=history,
-    )
+    try:
+        train_loop(
+            model,
+            loss_fn,
+            batch * total,  # one "epoch" is the whole run: no validation until the end
+            batch_size=batch,
+            lr=lr,
+            weight_decay=WEIGHT_DECAY,
+            seed=seed,
+            total=total,
+            budget_s=None if steps is not None else budget_s,
+            progress=False,
+            history=history,
+        )
+    except TrainingDiverged as err:
+        diverged = {"step": err.step, "what": err.what, "value": str(err.value)}
+        return None, {"lr": lr, "steps": err.step - 1, "diverged": diverged}
     seconds = history[-1]["time_s"] if history else 0.0
     record = {
         "lr": lr,
@@ -196,31 +203,48 @@ def run_cell(
     for lr in lrs:
         model, record = _train_run(config, task, lr, seed, suite, share, steps)
         sweep.append(record)
-        if best is None or _better(record, best, metric):
+        if model is not None and (best is None or _better(record, best, metric)):
             best_model, best = model, record
-    by_length = evaluate_lengths(
-        best_model, task, spec.test_lengths, suite.batch_size, TEST_BATCHES
-    )
-    tests = {str(length): acc for length, acc in by_length.items()}
+    higher = metric == "accuracy"
     if metric == "accuracy":
-        higher = True
-        if spec.headline == "test" and tests:
-            name, value = "test_accuracy", sum(tests.values()) / len(tests)
-        else:
-            name, value = "val_accuracy", best["val_accuracy"]
+        name = "test_accuracy" if spec.headline == "test" and spec.test_lengths else "val_accuracy"
     else:
-        higher, name, value = False, "val_loss_nats", best["val_loss"]
-    return {
+        name = "val_loss_nats"
+    cell = {
         "task": spec.name,
         "layer": layer,
         "seed": seed,
         "family": info(layer).family,
         "metric": name,
-        "value": _finite(value),
+        "value": None,
         "higher_is_better": higher,
         "params": params,
         "d_model": d_model,
         "state_floats": model_state_floats(config, seq_len),
+    }
+    if best is None:  # every learning rate diverged: a result like any other, not retried
+        return {
+            **cell,
+            "diverged": _diverged_note(sweep),
+            "lr": None,
+            "seconds": round(time.perf_counter() - start, 3),
+            "test_accuracy": {},
+            "sweep": sweep,
+            "loss_curve": [],
+            "model": asdict(config),
+            "settings": settings,
+        }
+    by_length = evaluate_lengths(
+        best_model, task, spec.test_lengths, suite.batch_size, TEST_BATCHES
+    )
+    tests = {str(length): acc for length, acc in by_length.items()}
+    if name == "test_accuracy":
+        value = sum(tests.values()) / len(tests)
+    else:
+        value = best["val_accuracy"] if metric == "accuracy" else best["val_loss"]
+    return {
+        **cell,
+        "value": _finite(value),
         "lr": best["lr"],
         "steps": best["steps"],
         "tokens": best["tokens"],
@@ -239,12 +263,22 @@ def run_cell(
     }
 
 
+def _diverged_note(sweep: list[dict[str, Any]]) -> str:
+    """One line for a cell whose every learning rate diverged: each lr, step and value."""
+    runs = [
+        f"lr {r['lr']:g} at step {r['diverged']['step']} ({r['diverged']['what']} is "
+        f"{r['diverged']['value']})"
+        for r in sweep
+    ]
+    return "diverged: " + "; ".join(runs)
+
+
 def checked_task(spec: TaskSpec, seed: int) -> Any:
     """The task of ``spec``; ValueError if it is not a token task the arena can rank."""
     task = _task(json.dumps(spec.data, sort_keys=True), seed)
     metric = getattr(task, "metric", None)
     if metric not in METRICS or not hasattr(task, "train_batch"):
-        raise ValueError(
+        raise ArgumentError(
             f"statewise arena: task {spec.name!r} reports {metric!r}; the arena ranks token "
             f"tasks with metrics {', '.join(METRICS)}"
         )
@@ -304,7 +338,7 @@ def run_cells(
             continue
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("settings") != cell_settings(suite, spec, layer, seed, budget_s, steps):
-            raise ValueError(
+            raise ArgumentError(
                 f"statewise arena: {path} holds a result made with other settings; "
                 "rerun the same command, or choose another --out"
             )
@@ -358,6 +392,9 @@ def _finish(
         log(f"{tag}: failed ({err}); not stored, a rerun tries it again")
         return _failed(spec.name, layer, seed, err)
     write_json(cells_dir / f"{cell_name(spec.name, layer, seed)}.json", result)
+    if "diverged" in result:
+        log(f"{tag}: {result['diverged']}; stored, not retried")
+        return result
     value = "n/a" if result["value"] is None else f"{result['value']:.4f}"
     log(
         f"{tag}: {result['metric']} {value} in {result['seconds']:.1f} s "

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from statewise.errors import ArgumentError
+
 STATE_TRACKING_TESTS = (41, 64, 128, 256)  # trained on 1 .. 40 symbols
 
 
@@ -62,7 +64,7 @@ def task_spec(name: str) -> TaskSpec:
     if name in TASK_SPECS:
         return TASK_SPECS[name]
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from: {', '.join(known_tasks())}")
+        raise ArgumentError(f"unknown task {name!r}; choose from: {', '.join(known_tasks())}")
     return TaskSpec(name, {"task": name})
 
 

@@ -58,6 +58,7 @@ from torch import nn
 from statewise import kernels
 from statewise.bench.machine import SLOW_CALL_S
 from statewise.bench.speed import Shape, throughput
+from statewise.errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -370,7 +371,7 @@ def find_peer(layer: str, name: str) -> Peer:
     for peer in peers_for(layer):
         if peer.name == name:
             return peer
-    raise ValueError(f"layer {layer!r} has no peer {name!r}")
+    raise ArgumentError(f"layer {layer!r} has no peer {name!r}")
 
 
 def time_peer(

@@ -39,6 +39,7 @@ import torch
 
 from statewise import kernels, layers
 from statewise.bench.machine import SLOW_CALL_S, Machine, median_seconds
+from statewise.errors import ArgumentError
 
 DEFAULT_LAYERS = ("lstm", "mingru", "rglru", "mamba", "retnet", "mamba2", "mlstm")
 CHUNKED = ("retnet", "gateloop", "mlstm", "mamba2", "rwkv")
@@ -286,7 +287,7 @@ def check_layers(names: list[str]) -> None:
     known = set(layers.names())
     for name in names:
         if name not in known:
-            raise ValueError(f"unknown layer {name!r}; choose from: {', '.join(sorted(known))}")
+            raise ArgumentError(f"unknown layer {name!r}; choose from: {', '.join(sorted(known))}")
 
 
 def resolve_backends(choice: str | None) -> list[str]:
@@ -296,9 +297,9 @@ def resolve_backends(choice: str | None) -> list[str]:
     names = list(kernels.BACKENDS) if choice == "both" else [choice]
     for name in names:
         if name not in kernels.BACKENDS:
-            raise ValueError(f"backend must be torch, numba or both, got {choice!r}")
+            raise ArgumentError(f"backend must be torch, numba or both, got {choice!r}")
         if name not in kernels.available():
-            raise ValueError(
+            raise ArgumentError(
                 f"backend {name!r} is not installed (available: {kernels.available()})"
             )
     return names
@@ -332,7 +333,7 @@ def run_speed(
 
     check_layers(names)
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise ArgumentError(f"repeats must be >= 1, got {repeats}")
     backends = backends or [kernels.current()]
     peer_lists = {n: peer_mod.peers_for(n) if with_peers else [] for n in names}
     cells = [(n, s, b) for n in names for s in shapes for b in backends]

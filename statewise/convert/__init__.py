@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -20,6 +21,7 @@ from statewise.errors import InputError
 from statewise.models import ModelConfig, build_model
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig
+from statewise.train.lock import writer_lock
 
 HFConverter = Callable[
     [dict[str, Any], dict[str, torch.Tensor]], tuple[ModelConfig, dict[str, torch.Tensor]]
@@ -52,8 +54,10 @@ def read_hf_dir(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
         raise ConversionError(f"{src} has no config.json; is it a save_pretrained folder?")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise ConversionError(f"{config_path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{config_path} holds a {type(config).__name__}, not an object")
     files = sorted(src.glob("*.safetensors"))
     if not files:
         raise ConversionError(
@@ -61,7 +65,10 @@ def read_hf_dir(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
         )
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
-        tensors.update(safetensors.torch.load_file(str(f)))
+        try:
+            tensors.update(safetensors.torch.load_file(str(f)))
+        except (safetensors.SafetensorError, OSError, RuntimeError) as err:
+            raise ConversionError(f"{f} cannot be read as safetensors: {err}") from None
     return config, tensors
 
 
@@ -70,16 +77,17 @@ def save_converted(
 ) -> None:
     """Write ``model`` as a statewise checkpoint at ``out``, which must not exist yet."""
     out = Path(out)
-    if checkpoint.recover(out).exists():
-        raise ConversionError(f"{out} already exists; choose another --out")
-    run = RunConfig()
-    run.model = config
-    checkpoint.save(out, run, model, {"step": 0, "source": source}, [])
+    with writer_lock(out, f"statewise convert --out {out}"):
+        if out.exists():
+            raise ConversionError(f"{out} already exists; choose another --out")
+        run = RunConfig()
+        run.model = config
+        checkpoint.save(out, run, model, {"step": 0, "tokens": 0, "source": source}, [])
 
 
 def convert_hf(src: str | Path, out: str | Path) -> ModelConfig:
     """Convert a transformers checkpoint folder into a statewise checkpoint at ``out``."""
-    if checkpoint.recover(Path(out)).exists():
+    if Path(out).exists():
         raise ConversionError(f"{out} already exists; choose another --out")
     config_json, tensors = read_hf_dir(src)
     model_type = config_json.get("model_type")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from statewise.errors import ArgumentError
 from statewise.models import LanguageModel
 from statewise.tasks.tokenizer import ByteTokenizer
 
@@ -23,12 +24,12 @@ def generate_text(
     """The continuation of ``prompt`` (without the prompt); ``on_text`` receives it piece by
     piece as the tokens complete UTF-8 characters."""
     if not isinstance(model, LanguageModel):
-        raise ValueError('generate needs a language-model checkpoint (model.head = "lm")')
+        raise ArgumentError('generate needs a language-model checkpoint (model.head = "lm")')
     if not prompt:
-        raise ValueError("the prompt is empty: give at least one character")
+        raise ArgumentError("the prompt is empty: give at least one character")
     tokenizer = ByteTokenizer()
     if model.config.vocab_size != tokenizer.vocab_size:
-        raise ValueError(
+        raise ArgumentError(
             f"this checkpoint's vocabulary has {model.config.vocab_size} tokens, not the "
             f"{tokenizer.vocab_size} bytes of text; it was not trained on text (data.task)"
         )

@@ -23,6 +23,8 @@ import os
 import sys
 from collections.abc import Iterator
 
+from statewise.errors import ArgumentError
+
 BACKENDS = ("torch", "numba")
 _ENV = "STATEWISE_BACKEND"
 _override: list[str] = []
@@ -60,7 +62,7 @@ def available() -> tuple[str, ...]:
 
 def _check(name: str, source: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"{source} must be one of {('auto',) + BACKENDS}, got {name!r}")
+        raise ArgumentError(f"{source} must be one of {('auto',) + BACKENDS}, got {name!r}")
     if name not in available():
         raise RuntimeError(
             f"{source}={name!r} but {name} is not installed; install it or use "

@@ -3,6 +3,8 @@ and the optimizer tag for parameters that must not be weight-decayed."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from statewise.errors import ArgumentError, ArgumentTypeError
@@ -16,9 +18,15 @@ def positive_int(name: str, value: object) -> int:
 
 
 def positive_number(name: str, value: object) -> float:
-    """``value`` as a float if it is a positive number, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ArgumentError(f"{name} must be a positive number, got {value!r}")
+    """``value`` as a float if it is a positive finite number, else ArgumentError naming
+    ``name`` (NaN fails no ``<=`` test, hence the explicit check)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ArgumentError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise import layers
+from statewise.errors import ArgumentError
 from statewise.models.config import ModelConfig
 from statewise.ops.tree import State
 
@@ -133,5 +134,7 @@ class Backbone(nn.Module):
         if state is None:
             return [None] * len(self.blocks)
         if not isinstance(state, (list, tuple)) or len(state) != len(self.blocks):
-            raise ValueError(f"state must be a list with one entry per layer ({len(self.blocks)})")
+            raise ArgumentError(
+                f"state must be a list with one entry per layer ({len(self.blocks)})"
+            )
         return list(state)

@@ -6,7 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from statewise.errors import ConfigError
+from statewise.errors import ConfigError, check_finite_fields
 
 HEADS = ("lm", "classifier", "forecaster", "rnn")
 NORMS = ("rmsnorm", "rmsnorm_plus_one", "layernorm")
@@ -66,6 +66,7 @@ class ModelConfig:
     horizon: int = 1
 
     def __post_init__(self) -> None:
+        check_finite_fields(self, "model")
         if self.head == "rnn":
             self._check_torch_style_rnn()
         else:

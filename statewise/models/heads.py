@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.models.block import Backbone
 from statewise.models.config import ModelConfig
 from statewise.models.sampling import check_sampling, sample_next
@@ -69,9 +70,9 @@ class LanguageModel(nn.Module):
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
         if ids.dim() != 2 or ids.shape[1] == 0:
-            raise ValueError("the prompt is empty: generate needs at least one token")
+            raise ArgumentError("the prompt is empty: generate needs at least one token")
         if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+            raise ArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         check_sampling(temperature, top_k, top_p)
         generator = torch.Generator(device=ids.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
@@ -102,11 +103,11 @@ class LanguageModel(nn.Module):
 
     def _check_ids(self, ids: torch.Tensor, rank: int) -> None:
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError("ids must be an integer tensor of token ids")
+            raise ArgumentTypeError("ids must be an integer tensor of token ids")
         if ids.dim() != rank:
-            raise ValueError(f"ids must have {rank} dimensions, got shape {tuple(ids.shape)}")
+            raise ArgumentError(f"ids must have {rank} dimensions, got shape {tuple(ids.shape)}")
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise ValueError(f"ids must lie in [0, {self.config.vocab_size})")
+            raise ArgumentError(f"ids must lie in [0, {self.config.vocab_size})")
 
 
 class ClassifierHead(nn.Module):
@@ -140,7 +141,7 @@ class ForecastHead(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.config.input_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"x must have shape (batch, seq_len, {self.config.input_dim}), got {tuple(x.shape)}"
             )
         h, _ = self.backbone(self.embed(x), None, mask)
@@ -164,7 +165,7 @@ def _last_real(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     positions = torch.arange(h.shape[1], device=h.device).expand_as(mask)
     last = torch.where(mask, positions, -1).max(dim=1).values
     if (last < 0).any():
-        raise ValueError("mask has a row with no real token")
+        raise ArgumentError("mask has a row with no real token")
     return h[torch.arange(h.shape[0], device=h.device), last]
 
 

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from statewise.errors import ConfigError
 from statewise.models.config import ModelConfig
 
 GRIFFIN_PATTERN = ("rglru", "rglru", "attention")
@@ -29,7 +30,7 @@ def _default_heads(d_model: int, n_heads: int | None) -> int:
         return n_heads
     heads = max(1, d_model // HEAD_WIDTH)
     if d_model % heads:
-        raise ValueError(
+        raise ConfigError(
             f"d_model={d_model} is not a multiple of the default n_heads={heads}; pass n_heads"
         )
     return heads
@@ -64,7 +65,7 @@ def griffin(
     pattern = list(pattern)
     unknown = sorted(set(pattern) - {"rglru", "attention"})
     if not pattern or unknown:
-        raise ValueError(f"pattern must list 'rglru' and 'attention' blocks, got {pattern}")
+        raise ConfigError(f"pattern must list 'rglru' and 'attention' blocks, got {pattern}")
     layer_kwargs: dict[str, Any] = {}
     if "rglru" in pattern:
         layer_kwargs["rglru"] = {

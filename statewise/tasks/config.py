@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from statewise.errors import ConfigError
+from statewise.errors import ConfigError, check_finite_fields
 from statewise.tasks.base import Task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
 from statewise.tasks.labelled import AnswerAtEnd
@@ -85,6 +85,7 @@ class DataConfig:
     test_fraction: float = 0.2
 
     def __post_init__(self) -> None:
+        check_finite_fields(self, "data")
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {TASKS}, got {self.task!r}")
         if self.seq_len < 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from statewise.errors import DataError
 from statewise.tasks.base import IGNORE, Batch, step_generator
 
 VAL_SEED_OFFSET = 7_919  # validation: a seed stream the training never uses
@@ -75,15 +76,15 @@ class SelectiveCopy(GeneratedTask):
         self, seq_len: int = 128, vocab_size: int = 16, n_copy: int = 16, seed: int = 0
     ) -> None:
         if vocab_size < 3:
-            raise ValueError(f"data.vocab_size must be >= 3 for selective_copy, got {vocab_size}")
+            raise DataError(f"data.vocab_size must be >= 3 for selective_copy, got {vocab_size}")
         if n_copy < 1:
-            raise ValueError(f"data.n_copy must be >= 1, got {n_copy}")
+            raise DataError(f"data.n_copy must be >= 1, got {n_copy}")
         self.seq_len, self.vocab_size, self.n_copy, self.seed = seq_len, vocab_size, n_copy, seed
         self.check_length(seq_len)
 
     def check_length(self, length: int) -> None:
         if length < 2 * self.n_copy:
-            raise ValueError(
+            raise DataError(
                 f"data.seq_len (and a test length) must be >= 2 * n_copy = {2 * self.n_copy} "
                 f"for selective_copy, got {length}"
             )
@@ -115,13 +116,13 @@ class InductionHeads(GeneratedTask):
 
     def __init__(self, seq_len: int = 128, vocab_size: int = 16, seed: int = 0) -> None:
         if vocab_size < 3:
-            raise ValueError(f"data.vocab_size must be >= 3 for induction_heads, got {vocab_size}")
+            raise DataError(f"data.vocab_size must be >= 3 for induction_heads, got {vocab_size}")
         self.seq_len, self.vocab_size, self.seed = seq_len, vocab_size, seed
         self.check_length(seq_len)
 
     def check_length(self, length: int) -> None:
         if length < 3:
-            raise ValueError(
+            raise DataError(
                 f"data.seq_len (and a test length) must be >= 3 for induction_heads, got {length}"
             )
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from statewise.errors import DataError
 from statewise.tasks.packaged import package_file
 
 ETT_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)  # 8640, 2880, 2880
@@ -71,17 +72,17 @@ def read_csv(
             columns = [c for c in columns if c != target] + [target]
         missing = [c for c in columns if c not in header]
         if missing:
-            raise ValueError(f"columns {missing} are not in {path}; it has {header}")
+            raise DataError(f"columns {missing} are not in {path}; it has {header}")
         rows = [[float(row[c]) for c in columns] for row in reader]
     if not rows:
-        raise ValueError(f"{path} has no data rows")
+        raise DataError(f"{path} has no data rows")
     return torch.tensor(rows, dtype=torch.float64), list(columns)
 
 
 def builtin_series(name: str) -> torch.Tensor:
     """A built-in series (see the module doc) as float64 (rows, 1), gaps interpolated."""
     if name not in BUILTIN:
-        raise ValueError(
+        raise DataError(
             f"unknown built-in series {name!r}; the built-in series are {list(BUILTIN)}"
         )
     package, relative, pip_name = BUILTIN[name]
@@ -95,7 +96,7 @@ def interpolate_gaps(x: torch.Tensor) -> torch.Tensor:
     observed neighbours; NaNs before the first or after the last observation take its value."""
     known = torch.nonzero(~torch.isnan(x)).flatten()
     if known.numel() == 0:
-        raise ValueError("the series has no observed values")
+        raise DataError("the series has no observed values")
     if known.numel() == 1:
         return torch.full_like(x, float(x[known[0]]))
     t = torch.arange(x.shape[0])
@@ -138,7 +139,7 @@ class Splits:
 def _part_index(name: str) -> int:
     parts = ("train", "val", "test")
     if name not in parts:
-        raise ValueError(f"part must be one of {parts}, got {name!r}")
+        raise DataError(f"part must be one of {parts}, got {name!r}")
     return parts.index(name)
 
 
@@ -153,7 +154,7 @@ def split_series(data: torch.Tensor, columns: list[str]) -> Splits:
     """Split and normalise a series (rows, C), e.g. ``split_series(builtin_series("co2"),
     ["co2"])``."""
     if data.dim() != 2 or data.shape[1] != len(columns):
-        raise ValueError(
+        raise DataError(
             f"data must have shape (rows, {len(columns)}) for columns {columns}, "
             f"got {tuple(data.shape)}"
         )
@@ -178,12 +179,12 @@ def windows(
     Window i is x = series[i*s : i*s + input_len], y = series[i*s + input_len : ... + horizon].
     """
     if series.dim() != 2:
-        raise ValueError(f"series must have shape (rows, channels), got {tuple(series.shape)}")
+        raise DataError(f"series must have shape (rows, channels), got {tuple(series.shape)}")
     if input_len <= 0 or horizon <= 0 or stride <= 0:
-        raise ValueError("input_len, horizon and stride must be positive")
+        raise DataError("input_len, horizon and stride must be positive")
     span = input_len + horizon
     if series.shape[0] < span:
-        raise ValueError(
+        raise DataError(
             f"series has {series.shape[0]} rows, fewer than input_len + horizon = {span}"
         )
     cut = series.unfold(0, span, stride).transpose(1, 2)  # (W, span, C)
@@ -201,7 +202,7 @@ def mae(pred: torch.Tensor, target: torch.Tensor) -> float:
 def seasonal_naive(x: torch.Tensor, horizon: int, period: int = 24) -> torch.Tensor:
     """x (W, input_len, C) -> (W, horizon, C): each step repeats the value one period earlier."""
     if x.shape[1] < period:
-        raise ValueError(f"seasonal naive needs input_len >= period = {period}")
+        raise DataError(f"seasonal naive needs input_len >= period = {period}")
     idx = x.shape[1] - period + torch.arange(horizon) % period
     return x[:, idx]
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from statewise.errors import ArgumentTypeError, DataError
 from statewise.tasks.base import IGNORE, Batch, step_generator
 
 PAD = 0
@@ -52,13 +53,13 @@ class AnswerAtEnd:
         for name in ("train", "val", "test"):
             split = splits[name]
             if not np.issubdtype(split.x.dtype, np.integer):
-                raise TypeError(f"{name}.x must hold token ids, got dtype {split.x.dtype}")
+                raise ArgumentTypeError(f"{name}.x must hold token ids, got dtype {split.x.dtype}")
             if len(split) and (split.x.min() < 0 or split.x.max() >= data_vocab):
-                raise ValueError(f"{name}.x token ids must lie in [0, {data_vocab})")
+                raise DataError(f"{name}.x token ids must lie in [0, {data_vocab})")
             if len(split) and (split.y.min() < 0 or split.y.max() >= n_classes):
-                raise ValueError(f"{name}.y labels must lie in [0, {n_classes})")
+                raise DataError(f"{name}.y labels must lie in [0, {n_classes})")
         if len(splits["train"]) == 0:
-            raise ValueError("the train split is empty")
+            raise DataError("the train split is empty")
         self.splits, self.seed = splits, seed
         self.seq_len = splits["train"].x.shape[1] + 1
         self.query = data_vocab
@@ -71,7 +72,7 @@ class AnswerAtEnd:
         data_width = split.x.shape[1]
         width = self.seq_len if width is None else width
         if width < data_width + 1:
-            raise ValueError(f"the width must be >= {data_width + 1} for this data, got {width}")
+            raise DataError(f"the width must be >= {data_width + 1} for this data, got {width}")
         inputs = torch.full((len(rows), width), PAD, dtype=torch.long)
         inputs[:, :data_width] = torch.from_numpy(split.x[rows])
         targets = torch.full_like(inputs, IGNORE)

@@ -25,6 +25,7 @@ import random
 
 import numpy as np
 
+from statewise.errors import DataError
 from statewise.tasks.labelled import LabelledSplit
 
 PAD = 0
@@ -115,11 +116,11 @@ def listops(
         ("min_length", min_length, 1),
     ):
         if not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+            raise DataError(f"{name} must be an int >= {low}, got {v!r}")
     if not 0.0 <= p_operator < 1.0:
-        raise ValueError(f"p_operator must be in [0, 1), got {p_operator!r}")
+        raise DataError(f"p_operator must be in [0, 1), got {p_operator!r}")
     if min_length > max_length:
-        raise ValueError(f"min_length {min_length} is larger than max_length {max_length}")
+        raise DataError(f"min_length {min_length} is larger than max_length {max_length}")
     rng = random.Random(seed)
     seen: set[tuple[str, ...]] = set()
     sizes = {"train": n_train, "val": n_val, "test": n_test}
@@ -129,7 +130,7 @@ def listops(
         while len(rows) < n:
             attempts += 1
             if attempts > 100 * n + 10_000:
-                raise ValueError(
+                raise DataError(
                     f"could not draw {n} distinct expressions for {split!r}: "
                     "raise max_length / max_depth / max_args, lower min_length or ask for fewer"
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from statewise.errors import DataError
 from statewise.tasks.base import IGNORE, Batch
 from statewise.tasks.copying import GeneratedTask
 
@@ -32,7 +33,7 @@ class Adding(GeneratedTask):
 
     def __init__(self, seq_len: int = 128, n_levels: int = 10, seed: int = 0) -> None:
         if n_levels < 2:
-            raise ValueError(f"data.n_levels must be >= 2 for adding, got {n_levels}")
+            raise DataError(f"data.n_levels must be >= 2 for adding, got {n_levels}")
         self.seq_len, self.n_levels, self.seed = seq_len, n_levels, seed
         self.query = 2 * n_levels
         self.answer0 = self.query + 1
@@ -41,7 +42,7 @@ class Adding(GeneratedTask):
 
     def check_length(self, length: int) -> None:
         if length < 3:
-            raise ValueError(
+            raise DataError(
                 f"data.seq_len (and a test length) must be >= 3 for adding, got {length}"
             )
 
@@ -78,14 +79,14 @@ class Passkey(GeneratedTask):
 
     def __init__(self, seq_len: int = 128, n_digits: int = 5, seed: int = 0) -> None:
         if n_digits < 1:
-            raise ValueError(f"data.n_digits must be >= 1 for passkey, got {n_digits}")
+            raise DataError(f"data.n_digits must be >= 1 for passkey, got {n_digits}")
         self.seq_len, self.n_digits, self.seed = seq_len, n_digits, seed
         self.vocab_size = self.FILLER0 + self.N_FILLER
         self.check_length(seq_len)
 
     def check_length(self, length: int) -> None:
         if length < 2 * self.n_digits + 2:
-            raise ValueError(
+            raise DataError(
                 f"data.seq_len (and a test length) must be >= 2 * n_digits + 2 = "
                 f"{2 * self.n_digits + 2} for passkey, got {length}"
             )

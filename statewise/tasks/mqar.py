@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from statewise.errors import DataError
 from statewise.tasks.base import IGNORE, Batch, step_generator
 
 VAL_SEED_OFFSET = 7_919  # validation examples come from a seed stream the training never uses
@@ -31,19 +32,19 @@ class MQAR:
         seed: int = 0,
     ) -> None:
         if vocab_size < 8:
-            raise ValueError(f"data.vocab_size must be >= 8 for mqar, got {vocab_size}")
+            raise DataError(f"data.vocab_size must be >= 8 for mqar, got {vocab_size}")
         self.n_keys = vocab_size // 2 - 1
         if not 1 <= n_pairs <= self.n_keys:
-            raise ValueError(
+            raise DataError(
                 f"data.n_pairs must be in [1, {self.n_keys}] for vocab_size {vocab_size}"
             )
         if seq_len < 4 * n_pairs:
-            raise ValueError(
+            raise DataError(
                 f"data.seq_len must be >= 4 * n_pairs = {4 * n_pairs} to fit the pairs and "
                 f"the queries, got {seq_len}"
             )
         if alpha <= 0:
-            raise ValueError(f"data.alpha must be > 0, got {alpha}")
+            raise DataError(f"data.alpha must be > 0, got {alpha}")
         self.seq_len, self.vocab_size, self.n_pairs = seq_len, vocab_size, n_pairs
         self.alpha, self.seed = alpha, seed
 

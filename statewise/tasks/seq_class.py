@@ -28,6 +28,7 @@ import gzip
 
 import numpy as np
 
+from statewise.errors import DataError
 from statewise.tasks.labelled import LabelledSplit
 from statewise.tasks.packaged import package_file
 
@@ -52,7 +53,7 @@ def split_indices(
     """Disjoint row indices covering range(n): test first, then val, then train, from one
     permutation drawn with ``numpy.random.default_rng(seed)``."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
+        raise DataError(
             "val_fraction and test_fraction must be in [0, 1) with a sum below 1, got "
             f"{val_fraction} and {test_fraction}"
         )
@@ -74,7 +75,7 @@ def digits(
 ) -> dict[str, LabelledSplit]:
     """The digits as train / val / test ``LabelledSplit`` s in ``order`` (see module doc)."""
     if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        raise DataError(f"order must be one of {ORDERS}, got {order!r}")
     pixels, labels = load_digits_array()
     if order == "pixel":
         x = pixels + 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from statewise.errors import DataError
 from statewise.tasks.base import IGNORE, Batch, step_generator
 from statewise.tasks.copying import TEST_SEED_OFFSET, GeneratedTask
 
@@ -38,7 +39,7 @@ class StateTracking(GeneratedTask):
 
     def __init__(self, train_max_len: int = 40, seed: int = 0) -> None:
         if train_max_len < 1:
-            raise ValueError(f"data.train_max_len must be >= 1, got {train_max_len}")
+            raise DataError(f"data.train_max_len must be >= 1, got {train_max_len}")
         self.train_max_len, self.seed = train_max_len, seed
         self.seq_len = train_max_len + 1
         self.answer0 = FIRST + self.n_symbols  # token of answer 0
@@ -46,7 +47,7 @@ class StateTracking(GeneratedTask):
 
     def check_length(self, length: int) -> None:
         if length < 1:
-            raise ValueError(f"a state-tracking test length must be >= 1, got {length}")
+            raise DataError(f"a state-tracking test length must be >= 1, got {length}")
 
     def examples(self, lengths: list[int], g: torch.Generator) -> list[tuple[list[int], int]]:
         """(symbols as indices in [0, n_symbols), answer in [0, n_answers)) per length."""
@@ -110,7 +111,7 @@ class CycleNav(StateTracking):
 
     def __init__(self, train_max_len: int = 40, modulus: int = 5, seed: int = 0) -> None:
         if modulus < 2:
-            raise ValueError(f"data.modulus must be >= 2, got {modulus}")
+            raise DataError(f"data.modulus must be >= 2, got {modulus}")
         self.modulus = self.n_answers = modulus
         super().__init__(train_max_len, seed)
 
@@ -136,7 +137,7 @@ class ModArith(StateTracking):
         self, train_max_len: int = 40, modulus: int = 5, brackets: bool = False, seed: int = 0
     ) -> None:
         if modulus < 2:
-            raise ValueError(f"data.modulus must be >= 2, got {modulus}")
+            raise DataError(f"data.modulus must be >= 2, got {modulus}")
         self.modulus = self.n_answers = modulus
         self.brackets = brackets
         self.n_symbols = modulus + len(OPS) + (2 if brackets else 0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from statewise.errors import DataError
 from statewise.tasks.base import Batch, step_generator
 from statewise.tasks.tokenizer import ByteTokenizer
 
@@ -31,7 +32,7 @@ def read_text(path: str | Path) -> str:
         raise FileNotFoundError(f"data.path {str(p)!r} is not a readable file")
     text = p.read_text(encoding="utf-8", errors="replace")
     if not text:
-        raise ValueError(f"data.path {str(p)!r} is empty")
+        raise DataError(f"data.path {str(p)!r} is empty")
     return text
 
 
@@ -53,7 +54,7 @@ class CharLM:
         self.train_data, self.val_data = data[: len(data) - n_val], data[len(data) - n_val :]
         for part, name in ((self.train_data, "training"), (self.val_data, "validation")):
             if len(part) < seq_len + 2:
-                raise ValueError(
+                raise DataError(
                     f"the text is too short: its {name} part has {len(part)} bytes, "
                     f"fewer than data.seq_len + 2 = {seq_len + 2}"
                 )

@@ -17,7 +17,7 @@ from typing import Any
 
 import tomli_w
 
-from statewise.errors import ConfigError
+from statewise.errors import ConfigError, check_finite_fields
 from statewise.models.config import ModelConfig
 from statewise.tasks.config import DataConfig
 
@@ -53,6 +53,9 @@ class TrainConfig:
     pushed to sharpen it further. On Mamba's induction heads, runs trained on after solving
     the task lost accuracy at 16x the training length; 0.1 stopped that (docs/arena.md).
 
+    keep_checkpoints: the newest checkpoints kept in the run directory (at least 1; with 2,
+    a reader falls back to the one before when the newest turns out corrupt).
+
     budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
     The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
     ``steps`` to about what fits (``statewise arena`` plans its steps from timed passes).
@@ -76,8 +79,10 @@ class TrainConfig:
     state_noise: float = 0.0
     label_smoothing: float = 0.0
     budget_s: float = 0.0
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
+        check_finite_fields(self, "train")
         for name in (
             "steps",
             "batch_size",
@@ -85,6 +90,7 @@ class TrainConfig:
             "eval_every",
             "eval_batches",
             "checkpoint_every",
+            "keep_checkpoints",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -131,13 +137,18 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
+    return parse_config(p.read_bytes(), str(p), overrides)
+
+
+def parse_config(data: bytes, source: str, overrides: list[str] = ()) -> RunConfig:
+    """A run config from the bytes of a TOML file; ``source`` names it in errors."""
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
     for item in overrides:
         apply_override(raw, item)
-    return config_from_dict(raw, source=str(p))
+    return config_from_dict(raw, source=source)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

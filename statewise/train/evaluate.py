@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.tasks.base import IGNORE, Task
 
 
@@ -64,7 +65,7 @@ def evaluate_lengths(
     """
     lengths = list(lengths)
     if lengths and not hasattr(task, "test_batches"):
-        raise ValueError(f"task {type(task).__name__} has no test split at other lengths")
+        raise ArgumentError(f"task {type(task).__name__} has no test split at other lengths")
     return {
         length: _score(model, task.test_batches(batch_size, n_batches, length))[1]
         for length in lengths

@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay on matrices only, and the warm-up + cosine schedule."""
+"""AdamW with decoupled weight decay on matrices only, the warm-up + cosine schedule,
+gradient clipping and the divergence check every training loop runs before its step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from statewise.errors import TrainingDiverged
 from statewise.train.config import TrainConfig
 
 
@@ -39,3 +41,18 @@ def lr_at(step: int, config: TrainConfig) -> float:
     progress = min(1.0, (step - config.warmup_steps) / span)
     r = config.min_lr_ratio
     return config.lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale the gradients to norm ``max_norm`` at most (0: leave them); their norm before."""
+    return torch.nn.utils.clip_grad_norm_(
+        model.parameters(), max_norm if max_norm > 0 else math.inf
+    )
+
+
+def check_finite_step(step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    """TrainingDiverged naming ``step`` if the loss or the gradient norm is not finite
+    (checked before the optimizer step, so the weights stay those of the step before)."""
+    for what, value in (("the loss", loss), ("the gradient norm", grad_norm)):
+        if not math.isfinite(value.item()):
+            raise TrainingDiverged(step, what, value.item())

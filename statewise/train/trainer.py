@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from statewise.errors import CheckpointError, ConfigError, TrainingDiverged
 from statewise.models import build_model
 from statewise.ops.tree import carry, tree_leaves, tree_map
 from statewise.tasks.base import step_generator
@@ -22,42 +23,66 @@ from statewise.tasks.config import build_task
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig, TrainConfig
 from statewise.train.evaluate import evaluate, token_loss
-from statewise.train.optim import lr_at, make_optimizer
+from statewise.train.lock import writer_lock
+from statewise.train.optim import check_finite_step, clip_gradients, lr_at, make_optimizer
 
 RESET_SEED_OFFSET = 15_485_863  # train.state_reset draws: a stream of their own
 NOISE_SEED_OFFSET = 32_452_843  # train.state_noise draws: another
 
 
-def check_out_dir(out: Path, resume: bool) -> bool:
-    """Whether training continues from a checkpoint in ``out``; refuses to overwrite anything."""
-    out = checkpoint.recover(out)
-    if checkpoint.is_checkpoint(out):
+def check_out_dir(out: Path, resume: bool) -> checkpoint.Checkpoint | None:
+    """The checkpoint in ``out`` that training continues from (None: a new run); refuses to
+    overwrite anything. Called by the writer, holding the lock of ``out``: it removes what
+    a killed save of its own left, and sets aside checkpoints newer than the one it
+    continues from that cannot be read (kept as ``unreadable-step-N``)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; choose another --out")
+    checkpoint.clean_leftovers(out)
+    try:
+        saved = checkpoint.read(out)
+    except CheckpointError as err:
+        saved, problem = None, err
+    if saved is not None:
         if not resume:
             raise FileExistsError(
                 f"{out} already holds a checkpoint; continue it with --resume auto "
                 "or choose another --out"
             )
-        return True
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        checkpoint.set_aside_unreadable(out, saved.path)
+        return saved
+    if any((out / checkpoint.CHECKPOINTS).glob("step-*")):
+        raise FileExistsError(f"{out} holds checkpoints that cannot be read ({problem})")
+    others = checkpoint.holds_other_files(out)
+    if others:
         raise FileExistsError(
-            f"{out} exists and is not a statewise checkpoint; choose another --out"
+            f"{out} exists and is not a statewise run directory (it holds {others[0]!r}); "
+            "choose another --out"
         )
-    return False
+    return None
 
 
 def train(
     config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train the model of ``config`` and write its checkpoint to ``out``; returns the last
-    metrics record. With ``resume``, continue the checkpoint already in ``out``."""
+    """Train the model of ``config`` and write its checkpoints to ``out``; returns the last
+    metrics record. With ``resume``, continue the newest checkpoint already in ``out``.
+    ``out`` is locked for the run (a second writer is refused); a non-finite loss or
+    gradient norm raises TrainingDiverged and leaves the checkpoints as they were."""
     out = Path(out)
+    with writer_lock(out, f"statewise train --out {out}"):
+        return _train(config, out, resume, progress)
+
+
+def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     continuing = check_out_dir(out, resume)
     if config.model.head != "lm":
-        raise ValueError('statewise train fits language models (model.head = "lm")')
+        raise ConfigError('statewise train fits language models (model.head = "lm")')
     tc = config.train
     task = build_task(config.data, tc.seed)
     if config.model.vocab_size < task.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"model.vocab_size {config.model.vocab_size} is smaller than the "
             f"task's vocabulary {task.vocab_size}"
         )
@@ -67,21 +92,27 @@ def train(
         check_fixed_size_state(model)
     optimizer = make_optimizer(model, tc)
     start, tokens, metrics, carried, seconds_before = 0, 0, [], None, 0.0
-    if continuing:
-        stored = checkpoint.load_run_config(out)
+    if continuing is not None:
+        stored = continuing.config()
         if (stored.model, stored.data) != (config.model, config.data):
-            raise ValueError(
+            raise ConfigError(
                 f"{out} holds a run with another [model] or [data] config; "
                 "resume it with the same config, or choose another --out"
             )
-        checkpoint.load_weights(model, out)
-        state = checkpoint.load_train_state(out)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start, tokens = state["step"], state["tokens"]
+        continuing.load_weights(model)
+        state = continuing.train_state()
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            start, tokens = state["step"], int(state["tokens"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{continuing.path}: train_state.pt cannot resume this run ({type(err).__name__}: "
+                f"{err}); it holds no usable optimizer or RNG state"
+            ) from None
         carried = state.get("carried")
-        seconds_before = state.get("seconds", 0.0)
-        metrics = checkpoint.load_metrics(out)
+        seconds_before = float(state.get("seconds", 0.0))
+        metrics = continuing.metrics()
 
     def seconds() -> float:
         """Training time so far, summed over resumes (what train.budget_s limits)."""
@@ -96,7 +127,7 @@ def train(
             "rng": torch.get_rng_state(),
             "carried": carried,  # state passing: resuming stays exact
         }
-        checkpoint.save(out, config, model, train_state, metrics)
+        checkpoint.save(out, config, model, train_state, metrics, keep=tc.keep_checkpoints)
 
     model.train()
     bar = tqdm(
@@ -130,8 +161,7 @@ def train(
             loss = token_loss(logits, targets, tc.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            check_finite_step(step + 1, loss, clip_gradients(model, tc.grad_clip))
             optimizer.step()
             done, tokens = step + 1, tokens + inputs.numel()
             speed = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
@@ -170,6 +200,13 @@ def train(
         if done > start:
             save(done)
         raise
+    except TrainingDiverged as err:
+        kept = checkpoint.latest(out, quiet=True).name if checkpoint.is_checkpoint(out) else None
+        bar.write(
+            f"{err}; "
+            + (f"the last checkpoint, {kept}, is kept" if kept else "no checkpoint was written")
+        )
+        raise
     finally:
         bar.close()
     return metrics[-1] if metrics else {"step": done}
@@ -203,13 +240,13 @@ def noisy_state(model: torch.nn.Module, rows: int, tc: TrainConfig, step: int) -
 
 
 def check_fixed_size_state(model: torch.nn.Module) -> None:
-    """ValueError if ``model`` has global attention: its key-value cache holds every token
+    """ConfigError if ``model`` has global attention: its key-value cache holds every token
     of the stream up to max_len, which state passing would reach after a few steps (local
     attention, with a window, keeps a fixed-size cache and is fine)."""
     from statewise.layers.attention import Attention
 
     if any(isinstance(m, Attention) and not m.window for m in model.modules()):
-        raise ValueError(
+        raise ConfigError(
             "train.state_passing and state_noise need states of a fixed size; global "
             "attention's key-value cache grows with every step (give attention a window, or "
             "leave them off)"

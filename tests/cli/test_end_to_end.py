@@ -12,6 +12,7 @@ import pytest
 import statewise
 from statewise.cli import main
 from statewise.train.config import load_config
+from tests import run_dirs
 from tests.conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -56,7 +57,7 @@ def test_train_eval_generate_from_the_char_example(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "it/s" in done.stderr or "step/s" in done.stderr  # the progress bar
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = run_dirs.metrics(out)
     assert metrics[-1]["step"] == 30 and all("loss" in m and "step" in m for m in metrics)
     assert metrics[-1]["loss"] < metrics[0]["loss"]
 
@@ -138,7 +139,7 @@ def test_the_char_example_trains_and_generates(tmp_path):
         "train", str(ROOT / "examples" / "char_lm.toml"), "--no-progress", cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    final = json.loads((tmp_path / "runs/char_lm/metrics.jsonl").read_text().splitlines()[-1])
+    final = run_dirs.metrics(tmp_path / "runs/char_lm")[-1]
     assert final["val_bits_per_char"] < 2.6  # a uniform guess over bytes is 8 bits
     text = statewise_cli(
         "generate", "--checkpoint", "runs/char_lm", "--prompt", "def ", cwd=tmp_path

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from statewise.cli import main
+from tests.run_dirs import newest, rewrite
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -122,7 +123,7 @@ def test_train_refuses_a_foreign_directory(capsys, tmp_path, tiny_config):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     code, _, err = run_cli(capsys, "train", str(tiny_config()), "--out", str(out))
-    assert_usage_error(code, err, "not a statewise checkpoint")
+    assert_usage_error(code, err, "not a statewise run directory")
     assert (out / "notes.txt").read_text() == "keep me"
     code, _, err = run_cli(capsys, "train", str(tiny_config()), "--resume", str(out))
     assert_usage_error(code, err, "not a statewise checkpoint")
@@ -145,14 +146,15 @@ def test_missing_incomplete_and_mismatched_checkpoints(capsys, tmp_path, trained
 
     incomplete = tmp_path / "incomplete"
     shutil.copytree(trained, incomplete)
-    (incomplete / "model.safetensors").unlink()
+    for saved in (incomplete / "checkpoints").iterdir():
+        (saved / "model.safetensors").unlink()
     code, _, err = run_cli(capsys, command, "--checkpoint", str(incomplete), *extra)
-    assert_usage_error(code, err, "missing model.safetensors")
+    assert_usage_error(code, err, "model.safetensors is missing")
 
     other = tmp_path / "other"
     shutil.copytree(trained, other)
-    config = other / "config.toml"
-    config.write_text(config.read_text().replace('layer = "gru"', 'layer = "lstm"'))
+    config = newest(other) / "config.toml"
+    rewrite(config.parent, "config.toml", config.read_bytes().replace(b'"gru"', b'"lstm"'))
     before = snapshot(other)
     code, _, err = run_cli(capsys, command, "--checkpoint", str(other), *extra)
     assert_usage_error(code, err, "another layer type")

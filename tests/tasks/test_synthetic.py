@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -13,6 +11,7 @@ from statewise.tasks.config import TASKS, DataConfig, build_task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
 from statewise.tasks.long_range import Adding, Passkey
 from statewise.tasks.state_tracking import FIRST, PAD, QUERY, CycleNav, EvenPairs, ModArith, Parity
+from tests import run_dirs
 
 NEW_TASKS = TASKS[2:]
 
@@ -262,5 +261,5 @@ def test_statewise_train_runs_on_the_task(name, tmp_path, capsys):
     argv = ["train", str(config), "--out", str(out), "--no-progress"]
     argv += ["--model.layer=gru", "--model.d_model=16", "--model.n_layers=1", "--train.steps=3"]
     assert main(argv) == 0, capsys.readouterr().err
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = run_dirs.metrics(out)
     assert metrics[-1]["step"] == 3 and 0 <= metrics[-1]["val_accuracy"] <= 1
