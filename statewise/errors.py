@@ -24,6 +24,11 @@ class ArgumentTypeError(InputError, TypeError):
     """An argument of the wrong type."""
 
 
+class NonFiniteError(ArgumentError):
+    """A tensor holding NaN or inf where finite values are required (a layer's input, or
+    its output when a finite input overflowed)."""
+
+
 class ConfigError(InputError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
@@ -48,7 +53,7 @@ class TrainingDiverged(RuntimeError):
     a lower learning rate). ``step`` is the step whose loss or gradient was not finite.
     """
 
-    def __init__(self, step: int, what: str, value: float) -> None:
+    def __init__(self, step: int, what: str, value: float | str) -> None:
         self.step, self.what, self.value = step, what, value
         super().__init__(
             f"training diverged at step {step}: {what} is {value} "
@@ -86,3 +91,13 @@ def check_finite_fields(config: object, section: str) -> None:
 
     for f in dataclasses.fields(config):
         check(getattr(config, f.name), f"{section}.{f.name}", False)
+
+
+def check_caps(config: object, section: str, caps: dict[str, int]) -> None:
+    """ConfigError for a size above its cap: the caps are far above any model this library
+    trains on one machine and stop a typo (an extra zero or two) from allocating
+    terabytes before anything else is checked."""
+    for name, cap in caps.items():
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and value > cap:
+            raise ConfigError(f"{section}.{name} must be <= {cap:,}, got {value:,}")

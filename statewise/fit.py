@@ -31,11 +31,18 @@ from statewise.errors import (
     CheckpointError,
     DataError,
     InputError,
+    NonFiniteError,
     TrainingDiverged,
     finite_number,
 )
 from statewise.train.config import TrainConfig
-from statewise.train.optim import check_finite_step, clip_gradients, lr_at, make_optimizer
+from statewise.train.optim import (
+    check_finite_step,
+    clip_gradients,
+    diverged_forward,
+    lr_at,
+    make_optimizer,
+)
 
 
 class NotFittedError(InputError, ValueError):
@@ -118,37 +125,42 @@ def train_loop(
     start, step, done = time.perf_counter(), 0, False
     bar = tqdm(total=total, disable=not progress, desc="fit", unit="step")
     model.train()
-    while True:
-        for idx in torch.randperm(n, generator=generator).split(batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            loss = loss_fn(idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check_finite_step(step + 1, loss, clip_gradients(model, config.grad_clip))
-            optimizer.step()
-            step += 1
-            elapsed = time.perf_counter() - start
-            history.append({"step": step, "loss": loss.item(), "time_s": elapsed})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if budget_s is not None and total is None and step == 20:
-                planned = max(21, int(budget_s / (elapsed / step)))
-                config = TrainConfig(**{**config.__dict__, "steps": planned})
-            done = (total is not None and step >= total) or (
-                budget_s is not None and elapsed >= budget_s
-            )
-            if done or step % steps_per_epoch == 0:
+    try:
+        while True:
+            for idx in torch.randperm(n, generator=generator).split(batch_size):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, config)
+                try:
+                    loss = loss_fn(idx)
+                except NonFiniteError as err:
+                    raise diverged_forward(step + 1, model) from err
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                check_finite_step(step + 1, loss, clip_gradients(model, config.grad_clip))
+                optimizer.step()
+                step += 1
+                elapsed = time.perf_counter() - start
+                history.append({"step": step, "loss": loss.item(), "time_s": elapsed})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if budget_s is not None and total is None and step == 20:
+                    planned = max(21, int(budget_s / (elapsed / step)))
+                    config = TrainConfig(**{**config.__dict__, "steps": planned})
+                done = (total is not None and step >= total) or (
+                    budget_s is not None and elapsed >= budget_s
+                )
+                if done or step % steps_per_epoch == 0:
+                    break
+            if validate is not None:
+                name, score = validate()
+                history[-1][name] = score
+                model.train()
+                if score < best:
+                    best, best_state = score, copy.deepcopy(model.state_dict())
+            if done:
                 break
-        if validate is not None:
-            name, score = validate()
-            history[-1][name] = score
-            model.train()
-            if score < best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
-        if done:
-            break
-    bar.close()
+    finally:
+        bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -6,11 +6,13 @@ One stream per backend at batch 1 and d_model 256 (the shape of ``bench targets`
 ``no_grad``, outputs dropped, the inputs 64 random tokens indexed in turn (so the harness
 holds O(1) memory). After 8 warm-up steps the allocator is set up as for ``peak_mb``
 (:func:`statewise.bench.speed.prepare_memory_measurement`: freed memory goes back to the
-OS), then ``gc``, ``malloc_trim`` and a peak reset; at each checkpoint it prints the RSS
-growth now and the peak growth so far (MiB, against the RSS after the warm-up), the live
-``torch.Tensor`` objects (``gc``) and, with ``--tracemalloc``, the Python heap that
-tracemalloc sees (KiB; it slows each step several times). A leak grows linearly with the
-steps; a plateau does not. Linux only (``/proc/self/status``).
+OS), then ``gc``, ``malloc_trim`` and a peak reset. At each checkpoint it prints, against
+the RSS after the warm-up: the RSS now, the peak RSS since the previous checkpoint (MiB),
+the live ``torch.Tensor`` objects (``gc``; counted after the RSS is read, then the heap is
+trimmed and the peak reset again, so the count's own list does not read as growth) and,
+with ``--tracemalloc``, the Python heap that tracemalloc sees (KiB; it slows each step
+several times). A leak grows linearly with the steps; a plateau does not. Linux only
+(``/proc/self/status``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ WARMUP = 8
 
 
 def _live_tensors() -> int:
-    return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+    # type(), not isinstance(): the latter reads __class__, which warns on deprecated proxies
+    return sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
+
+
+def _trim_and_reset_peak() -> None:
+    gc.collect()
+    speed._LIBC.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
 
 
 def stream_memory(
@@ -48,10 +58,8 @@ def stream_memory(
         state = layer.init_state(1)
         for i in range(WARMUP):
             _, state = layer.step(xs[i % INPUTS], state)
-        gc.collect()
-        speed._LIBC.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        start_tensors = _live_tensors()
+        _trim_and_reset_peak()
         before = speed._status_bytes("VmRSS")
         if trace:
             tracemalloc.start()
@@ -64,12 +72,14 @@ def stream_memory(
                 "steps": done,
                 "rss_mb": (speed._status_bytes("VmRSS") - before) / 2**20,
                 "peak_mb": (speed._status_bytes("VmHWM") - before) / 2**20,
-                "tensors": _live_tensors(),
                 "seconds": time.perf_counter() - start,
             }
             if trace:
                 row["traced_kb"] = tracemalloc.get_traced_memory()[0] / 2**10
+            row["tensors"] = _live_tensors()
+            row["tensors_at_start"] = start_tensors
             rows.append(row)
+            _trim_and_reset_peak()
         if trace:
             tracemalloc.stop()
     return rows
@@ -90,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             traced = f"  traced {row['traced_kb']:7.1f} KiB" if "traced_kb" in row else ""
             print(
-                f"{args.layer} [{backend}] {row['steps']:>9,} steps: RSS {row['rss_mb']:+.2f} MiB, "
-                f"peak {row['peak_mb']:+.2f} MiB, {row['tensors']} live tensors{traced}  "
+                f"{args.layer} [{backend}] {row['steps']:>9,} steps: "
+                f"RSS {row['rss_mb']:+.2f} MiB, peak since last {row['peak_mb']:+.2f} MiB, "
+                f"live tensors {row['tensors_at_start']} -> {row['tensors']}{traced} "
                 f"({row['seconds']:.0f} s)",
                 flush=True,
             )

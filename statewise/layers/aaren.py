@@ -71,6 +71,7 @@ class Aaren(SequenceMixer):
     """
 
     modes = ("recurrent", "scan")
+    state_neg_inf = ("m",)  # the running max of an empty prefix is -inf
 
     def __init__(self, d_model: int, n_heads: int = 4, mode: str = "auto") -> None:
         super().__init__(d_model, mode)

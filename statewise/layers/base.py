@@ -7,16 +7,21 @@
 
 Subclasses set ``modes`` and implement ``_forward``, ``_step`` and ``_init_state``. This
 class validates everything at the public boundary, so the ops below never see a tensor
-of the wrong rank, width, dtype or batch size.
+of the wrong rank, width, dtype, device or batch size, a state of another structure, or
+NaN/inf; and it checks what comes out, so a finite input that overflows inside the layer
+is refused like inf (naming the input) rather than handed on as inf or NaN. The finiteness
+checks cost one sum per tensor: about 15 us on a (8, 256, 64) float32 output.
 """
 
 from __future__ import annotations
 
+import cmath
+
 import torch
 from torch import nn
 
-from statewise.errors import ArgumentError, ArgumentTypeError
-from statewise.ops.tree import State, tree_leaves, tree_map
+from statewise.errors import ArgumentError, ArgumentTypeError, NonFiniteError
+from statewise.ops.tree import State, tree_leaves
 
 
 class SequenceMixer(nn.Module):
@@ -28,6 +33,9 @@ class SequenceMixer(nn.Module):
     # GPT-2's small tied embedding suits most layers; see Attention for the exception.
     embed_std: float = 0.02
     tie_embeddings: bool = True
+    # Keys of the state's leaves where -inf is a valid value rather than an overflow: the
+    # running maximum of an empty prefix (Aaren's m). NaN and +inf are refused everywhere.
+    state_neg_inf: tuple[str, ...] = ()
 
     def __init__(self, d_model: int, mode: str = "auto") -> None:
         super().__init__()
@@ -65,13 +73,19 @@ class SequenceMixer(nn.Module):
         self._check_input(x, rank=3, name="x")
         batch, seq_len, _ = x.shape
         mask = _check_mask(mask, batch, seq_len, x.device)
+        given = state
         state = self._checked_state(state, batch, x)
-        return self._forward(x, state, mask, self.resolve_mode(seq_len))
+        y, final = self._forward(x, state, mask, self.resolve_mode(seq_len))
+        self._check_output(y, final, x, given, name="x")
+        return y, final
 
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         self._check_input(x_t, rank=2, name="x_t")
+        given = state
         state = self._checked_state(state, x_t.shape[0], x_t)
-        return self._step(x_t, state)
+        y_t, final = self._step(x_t, state)
+        self._check_output(y_t, final, x_t, given, name="x_t")
+        return y_t, final
 
     def init_state(
         self,
@@ -81,12 +95,14 @@ class SequenceMixer(nn.Module):
     ) -> State:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
-        if dtype is not None and not dtype.is_floating_point:
-            raise ArgumentTypeError(f"dtype must be a floating dtype, got {dtype}")
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
+            raise ArgumentTypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         ref = self._reference_tensor()
         return self._init_state(
             batch_size,
-            torch.device(device) if device is not None else ref.device,
+            _checked_device(device) if device is not None else ref.device,
             dtype if dtype is not None else ref.dtype,
         )
 
@@ -128,14 +144,21 @@ class SequenceMixer(nn.Module):
             raise ArgumentError(f"{name} has an empty batch")
         if not x.is_floating_point():
             raise ArgumentTypeError(f"{name} must be a floating tensor, got {x.dtype}")
+        if x.layout != torch.strided:
+            raise ArgumentTypeError(f"{name} must be a dense (strided) tensor, got {x.layout}")
         ref = self._reference_tensor()
         if ref.numel() and x.dtype != ref.dtype:
             raise ArgumentTypeError(
                 f"{name} has dtype {x.dtype} but the layer's parameters are {ref.dtype}; "
                 f"convert one of them (e.g. layer.to({x.dtype}))"
             )
-        if not torch.isfinite(x).all():
-            raise ArgumentError(f"{name} contains NaN or inf")
+        if ref.numel() and x.device != ref.device:
+            raise ArgumentError(
+                f"{name} is on {x.device} but the layer's parameters are on {ref.device}; "
+                f"move one of them (e.g. layer.to({str(x.device)!r}))"
+            )
+        if not _all_finite(x):
+            raise NonFiniteError(f"{name} contains NaN or inf")
 
     def _checked_state(self, state: State | None, batch: int, x: torch.Tensor) -> State:
         if state is None:
@@ -144,10 +167,31 @@ class SequenceMixer(nn.Module):
         # (a KV cache's zeros are megabytes, allocated anew on every call otherwise)
         template = self._init_state(batch, torch.device("meta"), x.dtype)
         try:
-            tree_map(lambda leaf, expected: _check_leaf(leaf, expected, x.device), state, template)
-        except (KeyError, TypeError, ValueError) as err:
+            return _fit_tree(state, template, x.device, "state", self.state_neg_inf)
+        except (TypeError, ValueError) as err:
             raise ArgumentError(f"state does not fit this layer and batch: {err}") from None
-        return state
+
+    def _check_output(
+        self, y: torch.Tensor, final: State, x: torch.Tensor, given: State | None, name: str
+    ) -> None:
+        """Finite inputs can still overflow inside the layer (exp, squares, products of
+        large values): refuse such an input like one holding inf, naming it, rather than
+        hand back inf or NaN. One sum per tensor (a non-finite element makes the sum
+        non-finite); only a non-finite sum pays for the exact elementwise test."""
+        if _all_finite(y) and _state_finite(final, self.state_neg_inf):
+            return
+        for pname, p in self.named_parameters():
+            if p.is_floating_point() and not _all_finite(p):
+                raise NonFiniteError(
+                    f"{name}: the output is not finite because the layer's parameter "
+                    f"{pname!r} contains NaN or inf"
+                )
+        sizes = f"max |{name}| = {_max_abs([x]):.3g}"
+        if given is not None:
+            sizes += f", max |state| = {_max_abs(_float_leaves(given)):.3g}"
+        raise NonFiniteError(
+            f"{name}: values too large for this layer: the output overflowed ({sizes})"
+        )
 
     def _fresh_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
         """The state a forward or step starts from when given none: ``init_state``. A layer
@@ -155,17 +199,128 @@ class SequenceMixer(nn.Module):
         return self.init_state(batch, device=device, dtype=dtype)
 
 
-def _check_leaf(leaf: torch.Tensor, expected: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in ``t``. A NaN or inf anywhere makes the sum NaN or inf, so a finite
+    sum proves every element finite; the sum is ~35x cheaper than ``isfinite(t).all()``
+    (7 us against 240 us for an (8, 256, 64) float32 tensor on one thread here). A
+    non-finite sum (which finite values near the dtype's maximum can also give) falls back
+    to the exact test."""
+    if t.is_meta:  # shapes without values: nothing to test
+        return True
+    t = t.detach() if t.requires_grad else t  # (no grad context: it costs as much as the sum)
+    return cmath.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
+
+
+def _max_abs(tensors: list[torch.Tensor]) -> float:
+    """The largest finite |value| in ``tensors`` (for error messages)."""
+    with torch.no_grad():
+        return max(
+            (float(t[torch.isfinite(t)].abs().max()) for t in tensors if torch.isfinite(t).any()),
+            default=0.0,
+        )
+
+
+def _float_leaves(state: State) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(state) if t.is_floating_point() or t.is_complex()]
+
+
+def _finite_leaf(t: torch.Tensor, neg_inf: bool) -> bool:
+    """A floating leaf holds no NaN or inf (-inf allowed when ``neg_inf``)."""
+    if not neg_inf:
+        return _all_finite(t)
+    with torch.no_grad():
+        return _all_finite(t.masked_fill(t == float("-inf"), 0))
+
+
+def _state_finite(state: State, neg_inf_keys: tuple[str, ...], key: object = None) -> bool:
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or _finite_leaf(state, key in neg_inf_keys)
+    if isinstance(state, dict):
+        return all(_state_finite(v, neg_inf_keys, k) for k, v in state.items())
+    return all(_state_finite(v, neg_inf_keys) for v in state)
+
+
+def _checked_device(device: object) -> torch.device:
+    """``device`` as a torch.device that exists on this machine, else an error naming it."""
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ArgumentTypeError(
+            f"device must be a str, int or torch.device, got {type(device).__name__}"
+        )
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ArgumentError(f"device {str(device)!r} cannot be used here: {err}") from None
+    return device
+
+
+def _fit_tree(
+    state: object,
+    template: State,
+    device: torch.device,
+    where: str,
+    neg_inf_keys: tuple[str, ...] = (),
+    neg_inf: bool = False,
+) -> State:
+    """``state`` checked against ``template`` (the layer's state on the meta device): the
+    same structure (a list passes for a tuple and comes back a tuple), and leaves of the
+    same shape, dtype and device; floating leaves finite (-inf allowed under the keys
+    ``neg_inf_keys``), integer leaves (counters, such as a position) non-negative. Raises
+    TypeError/ValueError naming the leaf."""
+    if isinstance(template, torch.Tensor):
+        return _check_leaf(state, template, device, where, neg_inf)
+    if isinstance(template, dict):
+        if not isinstance(state, dict):
+            raise ArgumentTypeError(
+                f"{where} must be a dict with keys {sorted(template)}, got {type(state).__name__}"
+            )
+        if set(state) != set(template):
+            raise ArgumentError(
+                f"{where} has keys {sorted(map(str, state))}, expected {sorted(template)}"
+            )
+        return {
+            k: _fit_tree(state[k], v, device, f"{where}[{k!r}]", neg_inf_keys, k in neg_inf_keys)
+            for k, v in template.items()
+        }
+    if isinstance(template, (tuple, list)):
+        if not isinstance(state, (tuple, list)):
+            raise ArgumentTypeError(
+                f"{where} must be a tuple of {len(template)}, got {type(state).__name__}"
+            )
+        if len(state) != len(template):
+            raise ArgumentError(f"{where} has {len(state)} entries, expected {len(template)}")
+        fitted = [
+            _fit_tree(s, t, device, f"{where}[{i}]", neg_inf_keys)
+            for i, (s, t) in enumerate(zip(state, template))
+        ]
+        return type(template)(fitted)
+    raise TypeError(f"a state template leaf must be a tensor, got {type(template).__name__}")
+
+
+def _check_leaf(
+    leaf: object,
+    expected: torch.Tensor,
+    device: torch.device,
+    where: str = "a state tensor",
+    neg_inf: bool = False,
+) -> torch.Tensor:
     if not isinstance(leaf, torch.Tensor):
-        raise ArgumentTypeError(f"expected a tensor, got {type(leaf).__name__}")
+        raise ArgumentTypeError(f"{where} must be a tensor, got {type(leaf).__name__}")
     if leaf.shape != expected.shape:
         raise ArgumentError(
-            f"a state tensor has shape {tuple(leaf.shape)}, expected {tuple(expected.shape)}"
+            f"{where} has shape {tuple(leaf.shape)}, expected {tuple(expected.shape)}"
         )
     if leaf.dtype != expected.dtype:
-        raise ArgumentError(f"a state tensor has dtype {leaf.dtype}, expected {expected.dtype}")
+        raise ArgumentError(f"{where} has dtype {leaf.dtype}, expected {expected.dtype}")
+    if leaf.layout != torch.strided:
+        raise ArgumentError(f"{where} must be a dense (strided) tensor, got {leaf.layout}")
     if leaf.device != device:
-        raise ArgumentError(f"a state tensor is on {leaf.device}, expected {device}")
+        raise ArgumentError(f"{where} is on {leaf.device}, expected {device}")
+    if leaf.is_floating_point() or leaf.is_complex():
+        if not _finite_leaf(leaf, neg_inf):
+            raise ArgumentError(f"{where} contains NaN or {'+inf' if neg_inf else 'inf'}")
+    elif leaf.dtype != torch.bool and leaf.numel() and int(leaf.min()) < 0:
+        raise ArgumentError(f"{where} holds a negative count ({int(leaf.min())})")
     return leaf
 
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from statewise.errors import ArgumentError
 from statewise.layers.base import SequenceMixer
-from statewise.layers.checks import no_weight_decay, positive_int
+from statewise.layers.checks import no_weight_decay, positive_int, positive_number
 from statewise.layers.registry import register
 from statewise.ops.conv import causal_conv1d
 from statewise.ops.selective_scan import selective_scan
@@ -94,9 +94,7 @@ def resolve_width(d_model: int, expand: float, d_inner: int | None) -> int:
     """d_inner if given, else round(expand * d_model)."""
     if d_inner is not None:
         return positive_int("d_inner", d_inner)
-    if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0:
-        raise ArgumentError(f"expand must be a positive number, got {expand!r}")
-    return max(1, round(expand * d_model))
+    return max(1, round(positive_number("expand", expand) * d_model))
 
 
 @register(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,8 +57,13 @@ def info(name: str) -> LayerInfo:
 
 
 def get(name: str, d_model: int, **kwargs) -> SequenceMixer:
-    """Build the layer ``name`` of width ``d_model``; extra keyword arguments go to its class."""
+    """Build the layer ``name`` of width ``d_model``; extra keyword arguments go to its class.
+    A NaN among them is refused here, since NaN passes every range check a layer makes."""
     cls = info(name).cls
+    for key, value in kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and math.isnan(v) for v in values):
+            raise ArgumentError(f"layer {name!r}: {key} must not be NaN, got {value!r}")
     try:
         return cls(d_model=d_model, **kwargs)
     except TypeError as err:

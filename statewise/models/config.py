@@ -6,11 +6,24 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from statewise.errors import ConfigError, check_finite_fields
+from statewise.errors import ConfigError, check_caps, check_finite_fields
 
 HEADS = ("lm", "classifier", "forecaster", "rnn")
 NORMS = ("rmsnorm", "rmsnorm_plus_one", "layernorm")
 MLPS = ("gelu", "geglu", "swiglu")
+
+
+# sizes above these are typos on any machine statewise runs on (check_caps)
+CAPS = {
+    "d_model": 1 << 16,
+    "n_layers": 1 << 10,
+    "vocab_size": 1 << 24,
+    "n_classes": 1 << 24,
+    "input_dim": 1 << 16,
+    "horizon": 1 << 20,
+    "mlp_ratio": 64,
+}
+MAX_EMBEDDING = 1 << 32  # vocab_size * d_model: 16 GiB of float32
 
 
 @dataclass
@@ -67,6 +80,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "model")
+        check_caps(self, "model", CAPS)
+        if self.vocab_size * self.d_model > MAX_EMBEDDING:
+            raise ConfigError(
+                f"model.vocab_size x d_model = {self.vocab_size * self.d_model:,} floats in "
+                f"the embedding alone; the cap is {MAX_EMBEDDING:,}"
+            )
         if self.head == "rnn":
             self._check_torch_style_rnn()
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from statewise.errors import ConfigError, check_finite_fields
+from statewise.errors import ConfigError, check_caps, check_finite_fields
 from statewise.tasks.base import Task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
 from statewise.tasks.labelled import AnswerAtEnd
@@ -28,6 +28,25 @@ TASKS = (
     "seq_class",
 )
 DATASETS = ("digits",)
+
+
+# sizes above these are typos on any machine statewise runs on (check_caps)
+CAPS = {
+    "seq_len": 1 << 24,
+    "vocab_size": 1 << 24,
+    "n_pairs": 1 << 20,
+    "n_copy": 1 << 20,
+    "train_max_len": 1 << 24,
+    "modulus": 1 << 24,
+    "n_levels": 1 << 24,
+    "n_digits": 1 << 20,
+    "n_train": 1 << 26,
+    "n_val": 1 << 26,
+    "n_test": 1 << 26,
+    "max_depth": 1 << 10,
+    "max_args": 1 << 10,
+    "min_length": 1 << 24,
+}
 
 
 @dataclass
@@ -86,6 +105,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "data")
+        check_caps(self, "data", CAPS)
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {TASKS}, got {self.task!r}")
         if self.seq_len < 1:

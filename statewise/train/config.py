@@ -17,7 +17,7 @@ from typing import Any
 
 import tomli_w
 
-from statewise.errors import ConfigError, check_finite_fields
+from statewise.errors import ConfigError, check_caps, check_finite_fields
 from statewise.models.config import ModelConfig
 from statewise.tasks.config import DataConfig
 
@@ -25,6 +25,16 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+# sizes above these are typos on any machine statewise runs on (check_caps)
+CAPS = {
+    "steps": 1 << 40,
+    "batch_size": 1 << 20,
+    "warmup_steps": 1 << 40,
+    "eval_batches": 1 << 20,
+    "keep_checkpoints": 1 << 10,
+}
 
 
 @dataclass
@@ -83,6 +93,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "train")
+        check_caps(self, "train", CAPS)
         for name in (
             "steps",
             "batch_size",

@@ -56,3 +56,14 @@ def check_finite_step(step: int, loss: torch.Tensor, grad_norm: torch.Tensor) ->
     for what, value in (("the loss", loss), ("the gradient norm", grad_norm)):
         if not math.isfinite(value.item()):
             raise TrainingDiverged(step, what, value.item())
+
+
+def diverged_forward(step: int, model: torch.nn.Module) -> TrainingDiverged:
+    """The error for a forward pass at ``step`` that met NaN or inf (NonFiniteError) on
+    valid training data: the update before it overflowed a weight, or weights so large
+    that an activation overflowed, which the layers reject before any loss exists."""
+    for p in model.parameters():
+        bad = p.detach()[~torch.isfinite(p.detach())]
+        if bad.numel():
+            return TrainingDiverged(step, "a weight", bad[0].item())
+    return TrainingDiverged(step, "an activation", "not finite (the weights overflowed it)")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from statewise.errors import CheckpointError, ConfigError, TrainingDiverged
+from statewise.errors import CheckpointError, ConfigError, NonFiniteError, TrainingDiverged
 from statewise.models import build_model
 from statewise.ops.tree import carry, tree_leaves, tree_map
 from statewise.tasks.base import step_generator
@@ -24,7 +24,13 @@ from statewise.train import checkpoint
 from statewise.train.config import RunConfig, TrainConfig
 from statewise.train.evaluate import evaluate, token_loss
 from statewise.train.lock import writer_lock
-from statewise.train.optim import check_finite_step, clip_gradients, lr_at, make_optimizer
+from statewise.train.optim import (
+    check_finite_step,
+    clip_gradients,
+    diverged_forward,
+    lr_at,
+    make_optimizer,
+)
 
 RESET_SEED_OFFSET = 15_485_863  # train.state_reset draws: a stream of their own
 NOISE_SEED_OFFSET = 32_452_843  # train.state_noise draws: another
@@ -149,15 +155,18 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs, targets = task.train_batch(step, tc.batch_size)
-            if tc.state_passing:
-                if carried is not None and tc.state_reset > 0:
-                    carried = reset_rows(model, carried, tc, step)
-                logits, final = model(inputs, state=carried, return_state=True)
-                carried = tree_map(torch.Tensor.detach, final)
-            elif tc.state_noise > 0:
-                logits = model(inputs, state=noisy_state(model, inputs.shape[0], tc, step))
-            else:
-                logits = model(inputs)
+            try:
+                if tc.state_passing:
+                    if carried is not None and tc.state_reset > 0:
+                        carried = reset_rows(model, carried, tc, step)
+                    logits, final = model(inputs, state=carried, return_state=True)
+                    carried = tree_map(torch.Tensor.detach, final)
+                elif tc.state_noise > 0:
+                    logits = model(inputs, state=noisy_state(model, inputs.shape[0], tc, step))
+                else:
+                    logits = model(inputs)
+            except NonFiniteError as err:
+                raise diverged_forward(step + 1, model) from err
             loss = token_loss(logits, targets, tc.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

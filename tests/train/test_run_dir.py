@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from statewise.cli import main
 from statewise.errors import CheckpointError, RunLockedError
 from statewise.train import checkpoint, lock
 from statewise.train.checkpoint import CheckpointWarning
+from tests.conftest import TINY_CHAR
 from tests.run_dirs import newest
 
 
@@ -30,12 +32,24 @@ def tree(path: Path) -> dict[str, tuple[bytes, int]]:
     return out
 
 
-@pytest.fixture
-def run(tmp_path, tiny_config) -> Path:
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
     """A finished run of 15 steps, a checkpoint every 5 (so step 5 was pruned)."""
-    out = tmp_path / "runs" / "run"
-    config = tiny_config(steps=15, checkpoint_every=5)
+    base = tmp_path_factory.mktemp("trained")
+    text = base / "text.txt"
+    text.write_text("To be, or not to be, that is the question. " * 400)
+    config = base / "tiny.toml"
+    config.write_text(TINY_CHAR.format(layer="mingru", path=text, steps=15, checkpoint_every=5))
+    out = base / "run"
     assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture
+def run(trained_once, tmp_path) -> Path:
+    """A copy of the trained run, for a test to damage."""
+    out = tmp_path / "runs" / "run"
+    shutil.copytree(trained_once, out)
     return out
 
 
@@ -137,14 +151,15 @@ def test_the_flat_layout_of_earlier_versions_is_still_read(run, tmp_path):
 
 
 def test_the_writer_cleans_its_leftovers_and_sets_aside_an_unreadable_newest(
-    run, tiny_config, capsys
+    run, trained_once, capsys
 ):
     leftover = run / "checkpoints" / ".step-00000020.tmp-123"
     leftover.mkdir()
     newest_dir = run / "checkpoints" / "step-00000015"
     (newest_dir / "metrics.jsonl").write_text("damaged")
-    config = tiny_config(steps=20, checkpoint_every=5)
+    config = trained_once.parent / "tiny.toml"
     args = ["train", str(config), "--out", str(run), "--resume", "auto", "--no-progress"]
+    args += ["--train.steps=20"]
     assert main(args) == 0
     assert "skipped 1 newer checkpoint" in capsys.readouterr().err
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
