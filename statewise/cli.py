@@ -6,8 +6,8 @@ Exit codes:
     2   input that cannot be used (a bad config, flag, checkpoint or data file, a directory
         that another process writes, a file that cannot be read or written): one line on
         stderr, and nothing is overwritten (statewise.errors.InputError, OSError)
-    3   training diverged (a non-finite loss or gradient norm): one line naming the step
-        and the value; the last good checkpoint is kept
+    3   training diverged (a non-finite loss, gradient norm, weight or activation): one
+        line naming the step and the value; the checkpoints written before are kept
     130 / 143  interrupted (Ctrl-C) / terminated (SIGTERM), after saving what can be saved
 Warnings (a checkpoint skipped for an older one, a stale lock taken over) are one line
 each on stderr. Set STATEWISE_DEBUG=1 to see the traceback of an exit-2 or exit-3 error.

@@ -9,6 +9,7 @@ traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 
@@ -47,10 +48,11 @@ class RunLockedError(InputError, OSError):
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient norm: the run stopped, its last good checkpoint kept.
+    """A non-finite loss, gradient norm, weight or activation: the run stopped before
+    taking that step, its last good checkpoint kept.
 
     Not an ``InputError``: the input was valid, the optimisation failed (the usual fix is
-    a lower learning rate). ``step`` is the step whose loss or gradient was not finite.
+    a lower learning rate). ``step`` is the step that met the non-finite value.
     """
 
     def __init__(self, step: int, what: str, value: float | str) -> None:
@@ -76,7 +78,6 @@ def check_finite_fields(config: object, section: str) -> None:
     config (in a field or a list field). In a table of arguments handed on to a layer
     (``layer_kwargs``) NaN is refused and inf is left to the layer, which may give it a
     meaning (mamba2's ``dt_limit = [0.0, inf]``: no upper limit) or refuse it."""
-    import dataclasses
 
     def check(value: object, key: str, allow_inf: bool) -> None:
         if isinstance(value, float) and not math.isfinite(value):

@@ -150,6 +150,8 @@ def _read_snapshot(snapshot: Path) -> Checkpoint:
         if not snapshot.exists():
             raise
         raise CheckpointError(f"{snapshot}: no {MANIFEST} (a save that did not finish)") from None
+    except NotADirectoryError:
+        raise CheckpointError(f"{snapshot} is a file, not a checkpoint directory") from None
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{snapshot}: {MANIFEST} cannot be read ({err})") from None
     missing = [name for name in FILES if name not in expected]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from statewise.errors import CheckpointError, ConfigError, NonFiniteError, TrainingDiverged
+from statewise.errors import CheckpointError, ConfigError, NonFiniteError
 from statewise.models import build_model
 from statewise.ops.tree import carry, tree_leaves, tree_map
 from statewise.tasks.base import step_generator
@@ -74,8 +74,9 @@ def train(
 ) -> dict[str, Any]:
     """Train the model of ``config`` and write its checkpoints to ``out``; returns the last
     metrics record. With ``resume``, continue the newest checkpoint already in ``out``.
-    ``out`` is locked for the run (a second writer is refused); a non-finite loss or
-    gradient norm raises TrainingDiverged and leaves the checkpoints as they were."""
+    ``out`` is locked for the run (a second writer is refused); a non-finite loss,
+    gradient norm, weight or activation raises TrainingDiverged before that step is taken,
+    and the checkpoints stay as they were."""
     out = Path(out)
     with writer_lock(out, f"statewise train --out {out}"):
         return _train(config, out, resume, progress)
@@ -208,13 +209,6 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     except KeyboardInterrupt:
         if done > start:
             save(done)
-        raise
-    except TrainingDiverged as err:
-        kept = checkpoint.latest(out, quiet=True).name if checkpoint.is_checkpoint(out) else None
-        bar.write(
-            f"{err}; "
-            + (f"the last checkpoint, {kept}, is kept" if kept else "no checkpoint was written")
-        )
         raise
     finally:
         bar.close()

@@ -369,6 +369,8 @@ def check_valid_call(case: str, data: st.DataObject) -> None:
             assert isinstance(err, ArgumentError) and "too large" in str(err), err
             event("the contiguous copies overflowed (values near the maximum)")
             return
+        # a strided view can take another kernel path (another summation order) than its
+        # contiguous copy: a few roundings apart, not bitwise equal
         rtol = 1e-5 if dtype == torch.float32 else 1e-12
         assert_close_tree(y, dense[0], rtol, "a non-contiguous input changed the output")
         assert_close_tree(final, dense[1], rtol, "a non-contiguous input changed the state")
