@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(err: Exception, code: int) -> int:
     if os.environ.get("STATEWISE_DEBUG"):
         raise err
-    message = str(err).replace("\n", " ")
+    message = " ".join(str(err).splitlines())  # also \r, \x1e, \u2028 ... in a user's text
     print(
         message if message.startswith("statewise") else f"statewise: error: {message}",
         file=sys.stderr,

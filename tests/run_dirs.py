@@ -9,6 +9,13 @@ from pathlib import Path
 from statewise.train import checkpoint
 
 
+def file_bytes(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` and its bytes, to show that a command changed nothing."""
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
 def newest(out: Path) -> Path:
     """The newest complete checkpoint directory of run directory ``out``."""
     return checkpoint.latest(out)

@@ -3,8 +3,6 @@ leaves the estimator as it was."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,14 +10,9 @@ import torch
 from statewise import Forecaster, SequenceClassifier
 from statewise.errors import ArgumentError, CheckpointError, TrainingDiverged
 from statewise.fit import train_loop
+from tests.run_dirs import file_bytes
 
 SMALL = dict(layer="gru", d_model=8, n_layers=1, mlp_ratio=0.0)
-
-
-def files(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +41,23 @@ def test_save_into_a_directory_of_other_runs_is_refused_and_moves_nothing(tmp_pa
     old = tmp_path / "runs.old"
     old.mkdir()
     (old / "keep.txt").write_text("a user's backup")
-    before = files(tmp_path)
+    before = file_bytes(tmp_path)
     with pytest.raises(ArgumentError, match=f"{runs} exists and is not a saved SequenceClassifier"):
         classifier.save(runs)
-    assert files(tmp_path) == before
+    assert file_bytes(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "runs.old"]  # no leftovers
 
 
 def test_save_replaces_a_saved_model_of_the_same_kind_only(tmp_path, classifier, forecaster):
     target = tmp_path / "model"
     classifier.save(target)
-    first = files(target)
+    first = file_bytes(target)
     classifier.save(target)  # the same kind: replaced
-    assert files(target) == first
+    assert file_bytes(target) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
     with pytest.raises(ArgumentError, match="not a saved Forecaster"):
         forecaster.save(target)  # another kind: refused
-    assert files(target) == first
+    assert file_bytes(target) == first
     (target / "extra.txt").write_text("added by the user")
     with pytest.raises(ArgumentError, match="not a saved SequenceClassifier"):
         classifier.save(target)  # no longer exactly a saved model

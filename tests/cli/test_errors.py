@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from statewise.cli import main
-from tests.run_dirs import newest, rewrite
+from tests.run_dirs import file_bytes, newest, rewrite
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -26,12 +26,6 @@ def assert_usage_error(code: int, err: str, *words: str) -> None:
     assert "Traceback" not in err
     for word in words:
         assert word in lines[0], lines[0]
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +106,10 @@ def test_missing_text_file(capsys, tmp_path, tiny_config):
 
 
 def test_train_refuses_to_overwrite_a_checkpoint(capsys, trained, tiny_config):
-    before = snapshot(trained)
+    before = file_bytes(trained)
     code, _, err = run_cli(capsys, "train", str(tiny_config()), "--out", str(trained))
     assert_usage_error(code, err, "already holds a checkpoint", "--resume auto")
-    assert snapshot(trained) == before
+    assert file_bytes(trained) == before
 
 
 def test_train_refuses_a_foreign_directory(capsys, tmp_path, tiny_config):
@@ -130,12 +124,12 @@ def test_train_refuses_a_foreign_directory(capsys, tmp_path, tiny_config):
 
 
 def test_resume_with_another_model_is_refused(capsys, trained, tiny_config):
-    before = snapshot(trained)
+    before = file_bytes(trained)
     code, _, err = run_cli(
         capsys, "train", str(tiny_config(layer="lstm")), "--out", str(trained), "--resume", "auto"
     )
     assert_usage_error(code, err, "another [model] or [data] config")
-    assert snapshot(trained) == before
+    assert file_bytes(trained) == before
 
 
 @pytest.mark.parametrize("command", ["eval", "generate"])
@@ -155,10 +149,10 @@ def test_missing_incomplete_and_mismatched_checkpoints(capsys, tmp_path, trained
     shutil.copytree(trained, other)
     config = newest(other) / "config.toml"
     rewrite(config.parent, "config.toml", config.read_bytes().replace(b'"gru"', b'"lstm"'))
-    before = snapshot(other)
+    before = file_bytes(other)
     code, _, err = run_cli(capsys, command, "--checkpoint", str(other), *extra)
     assert_usage_error(code, err, "another layer type")
-    assert snapshot(other) == before
+    assert file_bytes(other) == before
 
 
 def test_generate_argument_errors(capsys, trained):

@@ -27,7 +27,7 @@ from statewise.errors import InputError
 from statewise.models import build_model
 from statewise.train import checkpoint, trainer
 from statewise.train.config import SECTIONS, config_from_dict, load_config
-from tests.run_dirs import rewrite
+from tests.run_dirs import file_bytes, rewrite
 
 FUZZ = settings(
     deadline=None,
@@ -39,9 +39,9 @@ CI = settings(FUZZ, max_examples=40)
 SLOW = settings(FUZZ, max_examples=600)
 
 
-def slow_variant(test):
-    """The same property with many more examples, under -m slow."""
-    return pytest.mark.slow(SLOW(test.hypothesis.inner_test))
+def slow_variant(test, **strategies):
+    """The same property over the same strategies with many more examples, under -m slow."""
+    return pytest.mark.slow(SLOW(given(**strategies)(test.hypothesis.inner_test)))
 
 
 # ----------------------------------------------------------------------- configs
@@ -102,7 +102,9 @@ def test_random_configs_load_or_raise_config_error(raw, tmp_path):
     check_config(raw, tmp_path)
 
 
-test_random_configs_many = slow_variant(test_random_configs_load_or_raise_config_error)
+test_random_configs_many = slow_variant(
+    test_random_configs_load_or_raise_config_error, raw=raw_configs()
+)
 
 
 @CI
@@ -140,12 +142,6 @@ def saved_run(tmp_path_factory) -> Path:
     )
     assert cli.main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
     return out
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
 
 
 FILE_NAMES = [*checkpoint.FILES, checkpoint.MANIFEST]
@@ -211,7 +207,7 @@ def test_damaged_checkpoint_files_read_or_raise_checkpoint_error(saved_run, data
                 rewrite(target, name, damaged)
             else:
                 (target / name).write_bytes(damaged)
-        before = tree(run)
+        before = file_bytes(run)
         try:
             read_everything(run)
             event(f"{layout}: read")
@@ -219,11 +215,13 @@ def test_damaged_checkpoint_files_read_or_raise_checkpoint_error(saved_run, data
             event(f"{layout}: {type(err).__name__}")
         code = cli.main(["eval", "--checkpoint", str(run), "--val-batches", "1"])
         assert code in (0, 2)
-        assert tree(run) == before
+        assert file_bytes(run) == before
 
 
 test_damaged_checkpoints_many = slow_variant(
-    test_damaged_checkpoint_files_read_or_raise_checkpoint_error
+    test_damaged_checkpoint_files_read_or_raise_checkpoint_error,
+    data=st.data(),
+    layout=st.sampled_from(["manifest", "rewritten", "flat"]),
 )
 
 
@@ -359,7 +357,7 @@ def stubbed(monkeypatch, saved_run, tmp_path):
 @CI
 @given(argv=command_lines())
 def test_random_command_lines_work_or_fail_in_one_line(stubbed, argv, capsys):
-    ckpt_before = tree(stubbed / "ckpt")
+    ckpt_before = file_bytes(stubbed / "ckpt")
     try:
         code = cli.main(argv)
     except SystemExit as stop:  # --help and argparse's own exits
@@ -369,10 +367,12 @@ def test_random_command_lines_work_or_fail_in_one_line(stubbed, argv, capsys):
     assert code in (0, 2, 130), (argv, err)
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
-    assert tree(stubbed / "ckpt") == ckpt_before
+    assert file_bytes(stubbed / "ckpt") == ckpt_before
     for path in stubbed.iterdir():  # a refused command leaves nothing new behind
         if path.name not in ("ckpt", "config.toml") and code == 2:
             assert path.is_dir() and not any(path.rglob("*.safetensors")), (argv, path)
 
 
-test_random_command_lines_many = slow_variant(test_random_command_lines_work_or_fail_in_one_line)
+test_random_command_lines_many = slow_variant(
+    test_random_command_lines_work_or_fail_in_one_line, argv=command_lines()
+)
