@@ -39,6 +39,7 @@ from statewise.errors import ArgumentError, TrainingDiverged
 from statewise.fit import train_loop
 from statewise.models import ModelConfig, build_model
 from statewise.tasks.config import DataConfig, build_task
+from statewise.tasks.base import unpack_batch
 from statewise.train.evaluate import evaluate, evaluate_lengths, token_loss
 
 WEIGHT_DECAY = 0.1
@@ -111,10 +112,10 @@ def _train_run(
     counter = {"step": 0, "tokens": 0}
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        inputs, targets = task.train_batch(counter["step"], batch)
+        inputs, targets, resets = unpack_batch(task.train_batch(counter["step"], batch))
         counter["step"] += 1
         counter["tokens"] += inputs.numel()
-        return token_loss(model(inputs), targets)
+        return token_loss(model(inputs, resets=resets), targets)
 
     total = steps if steps is not None else _plan_steps(model, task, batch, budget_s)
     history: list[dict[str, float]] = []
@@ -154,8 +155,8 @@ def _plan_steps(model: torch.nn.Module, task: Any, batch: int, budget_s: float) 
     was not enough: a fresh worker's first passes ran up to 2x slow, and the runs planned
     from them stopped with 40% of their budget unused. The optimizer step is not in the
     probe; the budget stops an optimistic plan."""
-    inputs, targets = task.train_batch(0, batch)
-    token_loss(model(inputs), targets).backward()
+    inputs, targets, resets = unpack_batch(task.train_batch(0, batch))
+    token_loss(model(inputs, resets=resets), targets).backward()
     times = []
     for _ in range(PROBE_STEPS):
         start = time.perf_counter()

@@ -82,9 +82,13 @@ class Block(nn.Module):
             self.mlp = None
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
-        y, state = self.mixer(self.norm_1(x), state, mask)
+        y, state = self.mixer(self.norm_1(x), state, mask, resets)
         return self._finish(x + self.dropout(y)), state
 
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -106,12 +110,16 @@ class Backbone(nn.Module):
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
 
     def forward(
-        self, x: torch.Tensor, state: list[State] | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: list[State] | None = None,
+        mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[State]]:
         state = self._check_state(state)
         new_state = []
         for block, s in zip(self.blocks, state):
-            x, s = block(x, s, mask)
+            x, s = block(x, s, mask, resets)
             new_state.append(s)
         return self.norm(x), new_state
 

@@ -33,9 +33,12 @@ class LanguageModel(nn.Module):
         state: list[State] | None = None,
         mask: torch.Tensor | None = None,
         return_state: bool = False,
+        resets: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[State]]:
+        """ids (B, T) -> logits (B, T, V); ``resets`` (B, T) bool marks where a new
+        document starts inside a packed row (its state starts afresh there)."""
         self._check_ids(ids, rank=2)
-        h, state = self.backbone(self._embed(ids), state, mask)
+        h, state = self.backbone(self._embed(ids), state, mask, resets)
         logits = self._logits(h)
         return (logits, state) if return_state else logits
 

@@ -8,7 +8,15 @@ import torch
 
 IGNORE = -100  # target value of positions that carry no loss (cross_entropy's ignore_index)
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # inputs (B, T) and targets (B, T), int64
+# inputs (B, T) and targets (B, T), int64; text tasks add resets (B, T) bool, True where a
+# document starts inside a packed row (the layer contract's ``resets``)
+Batch = tuple[torch.Tensor, ...]
+
+
+def unpack_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs, targets, resets) of a batch; resets is None when the task has none."""
+    inputs, targets, *rest = batch
+    return inputs, targets, (rest[0] if rest else None)
 
 
 class Task(Protocol):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.errors import ArgumentError
-from statewise.tasks.base import IGNORE, Task
+from statewise.tasks.base import IGNORE, Task, unpack_batch
 
 
 def token_loss(
@@ -34,8 +34,9 @@ def _score(model: nn.Module, batches: Iterable) -> tuple[float, float]:
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     try:
-        for inputs, targets in batches:
-            logits = model(inputs)
+        for batch in batches:
+            inputs, targets, resets = unpack_batch(batch)
+            logits = model(inputs, resets=resets)
             real = targets != IGNORE
             n = int(real.sum())
             total_loss += token_loss(logits, targets).item() * n

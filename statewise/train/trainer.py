@@ -18,7 +18,7 @@ from tqdm import tqdm
 from statewise.errors import CheckpointError, ConfigError, NonFiniteError
 from statewise.models import build_model
 from statewise.ops.tree import carry, tree_leaves, tree_map
-from statewise.tasks.base import step_generator
+from statewise.tasks.base import step_generator, unpack_batch
 from statewise.tasks.config import build_task
 from statewise.train import checkpoint
 from statewise.train.config import RunConfig, TrainConfig
@@ -155,17 +155,20 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
             lr = lr_at(step, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs, targets = task.train_batch(step, tc.batch_size)
+            inputs, targets, resets = unpack_batch(task.train_batch(step, tc.batch_size))
             try:
                 if tc.state_passing:
                     if carried is not None and tc.state_reset > 0:
                         carried = reset_rows(model, carried, tc, step)
-                    logits, final = model(inputs, state=carried, return_state=True)
+                    logits, final = model(
+                        inputs, state=carried, return_state=True, resets=resets
+                    )
                     carried = tree_map(torch.Tensor.detach, final)
                 elif tc.state_noise > 0:
-                    logits = model(inputs, state=noisy_state(model, inputs.shape[0], tc, step))
+                    state = noisy_state(model, inputs.shape[0], tc, step)
+                    logits = model(inputs, state=state, resets=resets)
                 else:
-                    logits = model(inputs)
+                    logits = model(inputs, resets=resets)
             except NonFiniteError as err:
                 raise diverged_forward(step + 1, model) from err
             loss = token_loss(logits, targets, tc.label_smoothing)
