@@ -184,6 +184,39 @@ def test_padded_batch_equals_each_alone(name, mode, side):
         assert_tree_close(row(final, i), final_alone, **F64)
 
 
+# packed rows: (start, length) of each document; row 0 resets at t = 0 as well (its given
+# state must be dropped), row 1's first document continues the given state, row 2 ends in
+# padding and has a one-token document
+PACKED = (((0, 5), (5, 8)), ((0, 3), (3, 6), (9, 4)), ((0, 2), (2, 1), (3, 6)))
+PACKED_RESET_AT_0 = (True, False, False)
+
+
+@pytest.mark.parametrize("name,mode", CASES, ids=IDS)
+def test_packed_documents_equal_each_alone(name, mode):
+    """layer(x, state, mask, resets): each document of a packed row gets what the float64
+    reference gives it alone, from the initial state (or, for a row's first document
+    without a reset, from the row's given state); padding still carries the state."""
+    layer = make_layer(name)
+    layer.mode = mode
+    state = random_state(name, layer, len(PACKED))
+    x = inputs(len(PACKED), T, seed=7)
+    resets = torch.zeros(len(PACKED), T, dtype=torch.bool)
+    mask = torch.zeros(len(PACKED), T, dtype=torch.bool)
+    for i, docs in enumerate(PACKED):
+        for start, n in docs:
+            resets[i, start] = start > 0 or PACKED_RESET_AT_0[i]
+            mask[i, start : start + n] = True
+    y, final = layer(x, state, mask=mask, resets=resets)
+    for i, docs in enumerate(PACKED):
+        for j, (start, n) in enumerate(docs):
+            continues = j == 0 and not PACKED_RESET_AT_0[i]
+            begin = row(state, i) if continues else layer.init_state(1)
+            part = slice(start, start + n)
+            y_ref, final_ref = REFERENCES[name].run(layer, x[i : i + 1, part], begin)
+            torch.testing.assert_close(y[i : i + 1, part], y_ref, **F64)
+        assert_tree_close(row(final, i), final_ref, **F64)  # the row's last document's
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_agree_across_modes_and_reference(name):
     """d(loss)/d(parameters, input, initial state) in every mode equals the reference's."""

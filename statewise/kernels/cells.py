@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from statewise.ops.precision import float32_recurrence
+
 #: state leaves per cell, in the order the kernels stack them (h first)
 STATES: dict[str, int] = {"lstm": 2, "gru": 1, "rnn_tanh": 1, "slstm": 4}
 #: gates per cell (rows of a head's block are G*d)
@@ -435,6 +437,7 @@ class _Fused(torch.autograd.Function):
         return (None, dgx, dweight, dbias, None, *ds0.unbind(0))
 
 
+@float32_recurrence
 def fused_recurrence(
     cell: str,
     gx: Tensor,

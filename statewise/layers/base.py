@@ -1,6 +1,6 @@
 """The layer contract shared by every sequence mixer (see docs/contract.md).
 
-    y, state = layer(x, state=None, mask=None)   # x: (B, T, D); y: (B, T, D)
+    y, state = layer(x, state=None, mask=None, resets=None)   # x: (B, T, D); y: (B, T, D)
     y_t, state = layer.step(x_t, state)          # x_t: (B, D); O(1) time and memory
     state = layer.init_state(batch_size, device=None, dtype=None)
     layer.mode                                   # "auto" or one of layer.modes
@@ -18,10 +18,12 @@ from __future__ import annotations
 import cmath
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from statewise.errors import ArgumentError, ArgumentTypeError, NonFiniteError
-from statewise.ops.tree import State, tree_leaves
+from statewise.layers.segments import forward_in_segments
+from statewise.ops.precision import autocast_active
+from statewise.ops.tree import State, carry, tree_leaves, tree_map
 
 
 class SequenceMixer(nn.Module):
@@ -68,14 +70,36 @@ class SequenceMixer(nn.Module):
 
     # -------------------------------------------------------- public calls
     def forward(
-        self, x: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
+        """y (B, T, D) and the final state. ``mask`` (B, T): True = real token, padding
+        carries the state through. ``resets`` (B, T): True where a new document starts in a
+        packed row; the state before that token is the initial state (layers.segments)."""
         self._check_input(x, rank=3, name="x")
         batch, seq_len, _ = x.shape
         mask = _check_mask(mask, batch, seq_len, x.device)
+        resets = _check_resets(resets, batch, seq_len, x.device)
         given = state
         state = self._checked_state(state, batch, x)
-        y, final = self._forward(x, state, mask, self.resolve_mode(seq_len))
+        if resets is not None and not resets[:, 1:].any():  # documents start only at t = 0
+            fresh = self.init_state(batch, x.device, x.dtype)
+            state, resets = carry(resets[:, 0], fresh, state), None
+        if resets is None:
+            y, final = self._forward(x, state, mask, self.resolve_mode(seq_len))
+        else:
+            y, final = forward_in_segments(
+                lambda xs, s, m: self._forward(xs, s, m, self.resolve_mode(xs.shape[1])),
+                lambda n: self.init_state(n, x.device, x.dtype),
+                x,
+                state,
+                mask,
+                resets,
+            )
+        y, final = self._at_boundary(y, final, x)
         self._check_output(y, final, x, given, name="x")
         return y, final
 
@@ -84,6 +108,7 @@ class SequenceMixer(nn.Module):
         given = state
         state = self._checked_state(state, x_t.shape[0], x_t)
         y_t, final = self._step(x_t, state)
+        y_t, final = self._at_boundary(y_t, final, x_t)
         self._check_output(y_t, final, x_t, given, name="x_t")
         return y_t, final
 
@@ -122,6 +147,15 @@ class SequenceMixer(nn.Module):
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         raise NotImplementedError
+
+    def _at_boundary(self, y: torch.Tensor, final: State, x: torch.Tensor) -> tuple[Tensor, State]:
+        """Under autocast, the output leaves in the input's dtype and the state in the
+        dtypes of ``init_state`` (float32 for a float32 model), so the state feeds the next
+        forward or step and the next layer gets what it would get without autocast."""
+        if not autocast_active(x.device.type):
+            return y, final
+        template = self._init_state(x.shape[0], torch.device("meta"), x.dtype)
+        return y.to(x.dtype), tree_map(lambda t, ref: t.to(ref.dtype), final, template)
 
     # ----------------------------------------------------------- checks
     def _reference_tensor(self) -> torch.Tensor:
@@ -339,3 +373,22 @@ def _check_mask(
     if mask.device != device:
         raise ArgumentError(f"mask is on {mask.device}, x is on {device}")
     return None if bool(mask.all()) else mask
+
+
+def _check_resets(
+    resets: torch.Tensor | None, batch: int, seq_len: int, device: torch.device
+) -> torch.Tensor | None:
+    """Validate ``resets`` (B, T), True where a document starts; all-False becomes None."""
+    if resets is None:
+        return None
+    if not isinstance(resets, torch.Tensor):
+        raise ArgumentTypeError(f"resets must be a torch.Tensor, got {type(resets).__name__}")
+    if resets.dtype != torch.bool:
+        raise ArgumentTypeError(
+            f"resets must be a bool tensor (True = a new sequence starts), got {resets.dtype}"
+        )
+    if resets.shape != (batch, seq_len):
+        raise ArgumentError(f"resets must have shape {(batch, seq_len)}, got {tuple(resets.shape)}")
+    if resets.device != device:
+        raise ArgumentError(f"resets is on {resets.device}, x is on {device}")
+    return resets if bool(resets.any()) else None

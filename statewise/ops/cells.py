@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from statewise import kernels
+from statewise.ops.precision import float32_recurrence
 from statewise.ops.tree import State, carry
 
 Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -214,6 +215,7 @@ def recurrence_step(
     raise AssertionError  # unreachable
 
 
+@float32_recurrence
 def cell_step(cell: Cell, x_t: Tensor, state: State, w: CellWeights) -> State:
     """One whole step of ``cell``: x_t (B, I), state -> new state (see the module docstring)."""
     _check_weights(cell, w)
@@ -284,6 +286,7 @@ def _kernel_sequence(
     return y.view(batch, seq_len, heads * width), final if cell == "lstm" else final[0]
 
 
+@float32_recurrence
 def run_cell(
     cell: Cell,
     x: Tensor,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from statewise.ops.precision import float32_recurrence
+
 
 def _window_sum(
     ext: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_len: int
@@ -23,6 +25,7 @@ def _window_sum(
     return out if bias is None else out + bias
 
 
+@float32_recurrence
 def causal_conv1d(
     u: torch.Tensor,
     weight: torch.Tensor,

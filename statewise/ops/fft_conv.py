@@ -41,6 +41,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from statewise.ops.precision import float32_recurrence
+
 BLOCK = 64  # block length C of the Vandermonde GEMMs (measured: within 10% of the best of 16-256)
 
 
@@ -225,6 +227,7 @@ def initial_state_response(
     return real_vandermonde(coef, log_a, length).transpose(0, 1)
 
 
+@float32_recurrence
 def lti_conv(
     u: torch.Tensor,
     log_a: torch.Tensor,

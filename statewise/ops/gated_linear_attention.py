@@ -85,6 +85,7 @@ from statewise.ops.linear_attention import (
     resolve_compute_dtype,
     segsum,
 )
+from statewise.ops.precision import float32_recurrence
 
 MODES = ("recurrent", "parallel", "chunk")
 
@@ -411,6 +412,7 @@ def gated_linear_attention_chunk(
     return o, state
 
 
+@float32_recurrence
 def gated_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,

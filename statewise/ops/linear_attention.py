@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import torch
 
+from statewise.ops.precision import float32_recurrence
+
 MODES = ("recurrent", "parallel", "chunk")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -336,6 +338,7 @@ def linear_attention_chunk(
     return o, state
 
 
+@float32_recurrence
 def linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,

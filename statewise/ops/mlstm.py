@@ -62,6 +62,7 @@ from statewise.ops.linear_attention import (
     resolve_compute_dtype,
     segsum,
 )
+from statewise.ops.precision import float32_recurrence
 
 MODES = ("recurrent", "parallel", "chunk")
 
@@ -115,6 +116,7 @@ def _readout(out: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------- recurrent
 
 
+@float32_recurrence
 def mlstm_step(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -296,6 +298,7 @@ def mlstm_chunk(
     return h, (state[..., :-1], state[..., -1], m)
 
 
+@float32_recurrence
 def mlstm(
     q: torch.Tensor,
     k: torch.Tensor,

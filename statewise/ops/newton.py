@@ -55,6 +55,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from statewise.ops.precision import float32_recurrence
 from statewise.ops.scan import linear_recurrence
 
 Cell = Callable[..., Tensor]  # f(h_prev, *xs, *params) -> h
@@ -222,6 +223,7 @@ def _adjoint(jac: Tensor, grad: Tensor, block: int) -> Tensor:
 # ------------------------------------------------------------------- solvers
 
 
+@float32_recurrence
 def sequential_recurrence(
     f: Cell,
     h0: Tensor,
@@ -334,6 +336,7 @@ class _ImplicitGradient(torch.autograd.Function):
         return None, None, None, None, None, None, *result
 
 
+@float32_recurrence
 def newton_recurrence(
     f: Cell,
     h0: Tensor,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from statewise import kernels
+from statewise.ops.precision import float32_recurrence
 
 MODES = ("loop", "scan")
 
@@ -226,6 +227,7 @@ def linear_recurrence_scan(
     return b
 
 
+@float32_recurrence
 def linear_recurrence(
     a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, mode: str = "loop"
 ) -> torch.Tensor:

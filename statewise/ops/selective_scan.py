@@ -35,6 +35,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from statewise import kernels
+from statewise.ops.precision import float32_recurrence
 from statewise.ops.scan import linear_recurrence, linear_recurrence_scan
 
 MODES = ("loop", "scan")
@@ -158,6 +159,7 @@ def _kernel_ready(*tensors: torch.Tensor) -> bool:
     return kernel.supported(*tensors)
 
 
+@float32_recurrence
 def selective_scan(
     x: torch.Tensor,
     dt: torch.Tensor,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from statewise.ops.precision import float32_recurrence
 from statewise.ops.scan import linear_recurrence
 
 MODES = ("loop", "scan")
@@ -44,6 +45,7 @@ def _finite_or_zero(m: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
+@float32_recurrence
 def softmax_combine(first: SoftmaxState, second: SoftmaxState) -> SoftmaxState:
     """The associative operator: the state of prefix ``first`` followed by segment ``second``.
 
@@ -60,6 +62,7 @@ def softmax_combine(first: SoftmaxState, second: SoftmaxState) -> SoftmaxState:
     return m, u, w
 
 
+@float32_recurrence
 def softmax_readout(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """o = w / u, and 0 for an empty prefix (u = 0, w = 0) instead of 0/0."""
     empty = u == 0
@@ -119,6 +122,7 @@ def softmax_scan_parallel(s: torch.Tensor, v: torch.Tensor, state: SoftmaxState)
     return m, u, w
 
 
+@float32_recurrence
 def softmax_scan(
     s: torch.Tensor, v: torch.Tensor, state: SoftmaxState, mode: str = "loop"
 ) -> SoftmaxState:
