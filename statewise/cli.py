@@ -1,4 +1,4 @@
-"""The ``statewise`` command: models, train, eval, generate, convert, bench, arena.
+"""The ``statewise`` command: models, train, eval, generate, convert, bench, arena, plot.
 
 Exit codes:
     0   done
@@ -31,6 +31,7 @@ from typing import TextIO
 from statewise import layers
 from statewise.arena.cli import add_arena_parser, cmd_arena
 from statewise.errors import ArgumentError, InputError, TrainingDiverged
+from statewise.tasks.data_cli import add_data_parsers, cmd_data, cmd_tokenizer
 
 EXIT_BUG = 1
 EXIT_USAGE = 2
@@ -88,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation batches (default: the run's train.eval_batches); more batches "
         "narrow the error bar of val_accuracy",
     )
+    p.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="also dynamic evaluation (Krause et al. 2018): read the validation text in "
+        "windows, adapting the weights after scoring each; reports static and dynamic loss "
+        "(the checkpoint is not changed)",
+    )
+    p.add_argument("--dynamic-lr", type=float, metavar="LR", help="SGD step (default 0.05)")
+    p.add_argument(
+        "--dynamic-decay",
+        type=float,
+        metavar="L",
+        help="pull toward the trained weights per window, in [0, 1] (default 0.002)",
+    )
+    p.add_argument("--dynamic-window", type=int, metavar="N", help="tokens per window (32)")
+    p.add_argument("--dynamic-rows", type=int, metavar="N", help="parallel streams (8)")
+    p.add_argument("--dynamic-tokens", type=int, metavar="N", help="score the first N tokens (all)")
 
     p = sub.add_parser("generate", help="generate text from a language-model checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="DIR")
@@ -139,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5, help="timed calls per number (median)")
     p.add_argument("--peers", action="store_true", help="also time the peer implementations")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: also time each layer under bfloat16 autocast and report the speed-up",
+    )
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     _backend_flag(p)
     p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
@@ -156,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
     add_arena_parser(sub)
+    add_data_parsers(sub)
+
+    p = sub.add_parser(
+        "plot",
+        help="draw the curves of one or more runs into one PNG",
+        description="Training loss, validation loss, learning rate and tokens/s against "
+        "steps, and loss against training time, of each RUN_DIR (its newest checkpoint's "
+        "metrics.jsonl), overlaid. Reads the runs only.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (train --out)")
+    p.add_argument("--out", default="curves.png", metavar="FILE.png", help="default curves.png")
     return parser
 
 
@@ -296,6 +331,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         resume = args.resume == "auto"
     final = train(config, out, resume=resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 reports
+        return 0
     print(
         f"trained {config.model.layer} to step {final.get('step')}: "
         + ", ".join(
@@ -350,7 +387,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             "eval measures language models"
         )
     model, step = saved.model(), saved.step
-    task = build_task(config.data, config.train.seed)
+    task = build_task(config.data, config.train.seed, _run_tokenizer(saved, config))
     result = {
         "step": step,
         "layer": config.model.layer,
@@ -365,6 +402,8 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         )
         result["test_accuracy"] = {str(n): acc for n, acc in by_length.items()}
         result["test_accuracy_mean"] = sum(by_length.values()) / len(by_length)
+    if args.dynamic:
+        result["dynamic"] = _dynamic_eval(args, model, task)
     if args.json:
         print(json.dumps(result))
     else:
@@ -376,7 +415,40 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"  test accuracy at length {n}: {acc:.4f}")
         if lengths:
             print(f"  mean over test lengths: {result['test_accuracy_mean']:.4f}")
+        if args.dynamic:
+            d = result["dynamic"]
+            print(
+                f"  over {d['tokens']:,} validation tokens read in windows: static loss "
+                f"{d['static_loss']:.4f}, dynamic loss {d['dynamic_loss']:.4f} (nats/token)"
+            )
     return 0
+
+
+def _dynamic_eval(args: argparse.Namespace, model: object, task: object) -> dict:
+    """statewise eval --dynamic: static and dynamic loss (statewise.train.dynamic_eval)."""
+    from statewise.train import dynamic_eval as dyn
+
+    flags = {
+        "window": ("--dynamic-window", args.dynamic_window, dyn.WINDOW),
+        "rows": ("--dynamic-rows", args.dynamic_rows, dyn.ROWS),
+        "max_tokens": ("--dynamic-tokens", args.dynamic_tokens, None),
+    }
+    for flag, value, _ in flags.values():
+        if value is not None and value < 1:
+            raise UsageError(f"statewise eval: {flag} must be >= 1, got {value}")
+    lr = dyn.LR if args.dynamic_lr is None else args.dynamic_lr
+    decay = dyn.DECAY if args.dynamic_decay is None else args.dynamic_decay
+    if not lr >= 0 or not 0 <= decay <= 1:  # NaN fails both
+        raise UsageError(
+            f"statewise eval: need --dynamic-lr >= 0 and --dynamic-decay in [0, 1], "
+            f"got {lr} and {decay}"
+        )
+    options = {k: default if v is None else v for k, (_, v, default) in flags.items()}
+    settings = {**options, "lr": lr, "decay": decay}
+    return {
+        **settings,
+        **dyn.dynamic_evaluate(model, dyn.validation_stream(task), **settings),
+    }
 
 
 def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
@@ -390,11 +462,12 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         raise UsageError("statewise generate: --max-new-tokens must be >= 0")
     check_sampling(args.temperature, args.top_k, args.top_p)  # before the model is read
     saved = checkpoint.read(args.checkpoint)
-    task = saved.config().data.task
-    if task != "char_lm":
+    config = saved.config()
+    tokenizer = _run_tokenizer(saved, config)
+    if tokenizer is None:
         raise UsageError(
             f"statewise generate: {args.checkpoint} was trained on data.task "
-            f"{task!r}, not on text; generate needs a char_lm checkpoint"
+            f"{config.data.task!r}, not on text; generate needs a char_lm or lm checkpoint"
         )
 
     model = saved.model()
@@ -413,8 +486,27 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         args.top_p,
         args.seed,
         on_text=show if args.stream else None,
+        tokenizer=tokenizer,
     )
     print() if args.stream else print(args.prompt + text)
+    return 0
+
+
+def _run_tokenizer(saved: object, config: object) -> object:
+    """The tokenizer of a text checkpoint (the run directory's copy; None for other tasks)."""
+    from statewise.tasks.text import TEXT_TASKS
+    from statewise.tasks.tokenizer import checkpoint_tokenizer
+
+    if config.data.task not in TEXT_TASKS:
+        return None
+    return checkpoint_tokenizer(saved.path, config.data.tokenizer)
+
+
+def cmd_plot(args: argparse.Namespace, extra: list[str]) -> int:
+    from statewise.train.plot import plot_runs
+
+    plot_runs(args.runs, args.out)
+    print(f"plotted {len(args.runs)} run(s) into {args.out}")
     return 0
 
 
@@ -474,7 +566,9 @@ def _bench_speed(args: argparse.Namespace, backends: list[str]) -> Callable:
     shapes = [Shape(args.batch, t, args.d_model) for t in seq_lens]
 
     def run(machine: object) -> tuple[dict, str]:
-        result = run_speed(names, shapes, args.repeats, machine, args.peers, backends=backends)
+        result = run_speed(
+            names, shapes, args.repeats, machine, args.peers, backends=backends, dtype=args.dtype
+        )
         result["options"] = {
             "layers": names,
             "batch": args.batch,
@@ -483,6 +577,7 @@ def _bench_speed(args: argparse.Namespace, backends: list[str]) -> Callable:
             "repeats": args.repeats,
             "peers": args.peers,
             "backends": backends,
+            "dtype": args.dtype,
         }
         return result, format_table(result)
 
@@ -532,4 +627,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "convert": cmd_convert,
     "arena": cmd_arena,
+    "data": cmd_data,
+    "tokenizer": cmd_tokenizer,
+    "plot": cmd_plot,
 }

@@ -40,8 +40,8 @@ from statewise.train.optim import (
     check_finite_step,
     clip_gradients,
     diverged_forward,
-    lr_at,
     make_optimizer,
+    set_lr,
 )
 
 
@@ -128,8 +128,7 @@ def train_loop(
     try:
         while True:
             for idx in torch.randperm(n, generator=generator).split(batch_size):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, config)
+                set_lr(optimizer, step, config)  # each group from its own base_lr
                 try:
                     loss = loss_fn(idx)
                 except NonFiniteError as err:

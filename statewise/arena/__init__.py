@@ -93,6 +93,9 @@ def run_arena(
     steps: int | None = None,
     d_model: int | None = None,
     jobs: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    threads_per_cell: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) an arena and write OUT/leaderboard.{json,md}, the PNG plots and
@@ -100,7 +103,11 @@ def run_arena(
     or a Suite of one's own. ``steps`` replaces the time budget by a
     fixed step count per learning rate (reproducible to the bit); ``d_model`` builds every
     model at that width instead of matching the parameter budget. ``jobs`` cells train at
-    once, each in a process of its own with an equal share of torch's threads."""
+    once, each in a process of its own with an equal share of torch's threads.
+    ``executor="ray"`` runs every cell as a Ray task instead (a local Ray, or the cluster at
+    ``address``), each asking for as many CPUs as it has threads; ``threads_per_cell``
+    replaces the default share (torch's threads // jobs) under either executor. Results,
+    resume and the leaderboard do not depend on the executor."""
     from statewise.arena.leaderboard import aggregate, to_json, to_markdown
     from statewise.arena.plots import write_plots
     from statewise.arena.report_html import render
@@ -110,12 +117,26 @@ def run_arena(
     cpus = os.cpu_count() or 1
     if not (isinstance(jobs, int) and 1 <= jobs <= cpus):
         raise ArgumentError(f"statewise arena: --jobs must be 1 .. {cpus} (the CPUs), got {jobs}")
+    _check_executor(executor, address, threads_per_cell)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"statewise arena: --out {out} is a file, not a directory")
     time_budget = None if steps is not None else chosen.budget_s
     with writer_lock(out, f"statewise arena --out {out}"):
-        results = run_cells(chosen, specs, layers, chosen.seeds, time_budget, steps, out, log, jobs)
+        results = run_cells(
+            chosen,
+            specs,
+            layers,
+            chosen.seeds,
+            time_budget,
+            steps,
+            out,
+            log,
+            jobs,
+            executor=executor,
+            address=address,
+            threads=threads_per_cell,
+        )
         options = {
             "suite": chosen.name,
             "layers": layers,
@@ -128,6 +149,7 @@ def run_arena(
             "n_layers": chosen.n_layers,
             "batch_size": chosen.batch_size,
             "jobs": jobs,
+            "executor": executor,
         }
         board = aggregate(results)
         report = to_json(board, results, options)
@@ -136,3 +158,29 @@ def run_arena(
         plots = write_plots(board, results, out)
         (out / "index.html").write_text(render(board, options, plots), encoding="utf-8")
     return report
+
+
+def _check_executor(executor: str, address: str | None, threads_per_cell: int | None) -> None:
+    """ArgumentError for an unknown executor, an address without Ray, a bad thread count, or
+    Ray asked for when it is not installed (naming the extra that installs it)."""
+    from statewise.arena.executors import INSTALL, ray_available
+    from statewise.arena.runner import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise ArgumentError(
+            f"statewise arena: unknown executor {executor!r}; choose one of: "
+            + ", ".join(EXECUTORS)
+        )
+    if address is not None and executor != "ray":
+        raise ArgumentError("statewise arena: --address is for --executor ray")
+    if threads_per_cell is not None and not (
+        isinstance(threads_per_cell, int)
+        and not isinstance(threads_per_cell, bool)
+        and threads_per_cell >= 1
+    ):
+        raise ArgumentError(
+            f"statewise arena: --threads-per-cell must be a positive integer, got "
+            f"{threads_per_cell!r}"
+        )
+    if executor == "ray" and not ray_available():
+        raise ArgumentError(f"statewise arena: --executor ray needs Ray, not installed: {INSTALL}")

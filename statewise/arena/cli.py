@@ -56,6 +56,29 @@ def add_arena_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="train N cells at once, each in its own process with 1/N of the threads "
         "(default 1); every cell still gets the same budget",
     )
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="local: cells in this process or --jobs worker processes (default); ray: each "
+        "cell a Ray task (pip install 'statewise[ray]'), as many at once as the cluster's "
+        "CPUs hold; results and resume are the same",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --executor ray: join the running Ray cluster at ADDR (host:port, as "
+        "`ray start --head` prints it; 'auto' finds one on this machine); default: start "
+        "a Ray on this machine for the run",
+    )
+    p.add_argument(
+        "--threads-per-cell",
+        type=int,
+        metavar="N",
+        help="torch threads of each cell, and the CPUs a Ray cell asks for (default: this "
+        "machine's torch threads // --jobs); with --steps the same N gives the same numbers "
+        "under either executor",
+    )
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/arena-SUITE)")
     return p
 
@@ -84,6 +107,9 @@ def cmd_arena(args: argparse.Namespace, extra: list[str]) -> int:
         steps=args.steps,
         d_model=args.d_model,
         jobs=args.jobs,
+        executor=args.executor,
+        address=args.address,
+        threads_per_cell=args.threads_per_cell,
     )
     print((out / "leaderboard.md").read_text(encoding="utf-8"), end="")
     failed = sum(1 for c in report["cells"] if "error" in c)

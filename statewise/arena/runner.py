@@ -38,8 +38,8 @@ from statewise.arena.suites import Suite, TaskSpec
 from statewise.errors import ArgumentError, TrainingDiverged
 from statewise.fit import train_loop
 from statewise.models import ModelConfig, build_model
-from statewise.tasks.config import DataConfig, build_task
 from statewise.tasks.base import unpack_batch
+from statewise.tasks.config import DataConfig, build_task
 from statewise.train.evaluate import evaluate, evaluate_lengths, token_loss
 
 WEIGHT_DECAY = 0.1
@@ -319,11 +319,17 @@ def run_cells(
     out: Path,
     log: Callable[[str], None] | None = None,
     jobs: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every (task, layer, seed) cell; a cell whose result file OUT/cells/<name>.json holds
-    the same settings is read, not trained again. ``jobs`` > 1 trains that many cells at
-    once, each in its own process with torch.get_num_threads() // jobs threads (at least
-    one). Returns the results in cell order."""
+    the same settings is read, not trained again. Each cell runs with ``threads`` torch
+    threads (default torch.get_num_threads() // jobs, at least one). ``executor`` "local":
+    ``jobs`` > 1 trains that many cells at once, each in its own process; "ray": every cell
+    is a Ray task of ``threads`` CPUs, as many at once as the cluster's CPUs hold (a local
+    Ray, or the cluster at ``address``). This process stores every result either way.
+    Returns the results in cell order."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     for spec in specs:  # refuse a task the arena cannot rank before training anything
         checked_task(spec, 0)
@@ -345,18 +351,20 @@ def run_cells(
             )
         results[i] = stored
         log(f"{_tag(i, cells)}: done before, skipped")
-    threads = max(1, torch.get_num_threads() // jobs)
-    with _executor(jobs, threads) as pool:
+    threads = threads if threads is not None else max(1, torch.get_num_threads() // jobs)
+    # nothing left to train (a finished run read again): no executor, no Ray to start
+    chosen = executor if to_train else "local"
+    with _pool(chosen, jobs, threads, address, log) as (pool, slots):
         running: dict[Future, tuple[int, float]] = {}
         trained_times: list[float] = []
         start = time.perf_counter()
         guess = (budget_s if budget_s is not None else 10.0) + 5.0  # before any cell has run
         queue = list(to_train)
         while queue or running:
-            while queue and len(running) < jobs:
+            while queue and len(running) < slots:
                 i = queue.pop(0)
                 per_cell = sum(trained_times) / len(trained_times) if trained_times else guess
-                left = per_cell * (len(queue) + 1 + len(running)) / jobs
+                left = per_cell * (len(queue) + 1 + len(running)) / slots
                 log(
                     f"{_tag(i, cells)}: training ({_clock(time.perf_counter() - start)} "
                     f"elapsed, ~{_clock(left)} left)"
@@ -407,14 +415,23 @@ def _finish(
 
 
 class _InlineExecutor(Executor):
-    """jobs=1: run each cell in this process when it is submitted."""
+    """jobs=1: run each cell in this process when it is submitted, with ``threads`` torch
+    threads if given (restored after the cell)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
 
     def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[override]
         future: Future = Future()
+        saved = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         try:
             future.set_result(fn(*args, **kwargs))
         except Exception as err:  # handed to _finish, which re-raises what it does not know
             future.set_exception(err)
+        finally:
+            torch.set_num_threads(saved)
         return future
 
 
@@ -422,6 +439,39 @@ class _InlineExecutor(Executor):
 # imported, and a pool larger than the worker's share of the cores slows every process on
 # the machine (measured: mamba's training step 2.5x slower with 2 workers of 2 numba threads)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+EXECUTORS = ("local", "ray")
+
+
+@contextlib.contextmanager
+def _pool(
+    executor: str,
+    jobs: int,
+    threads: int,
+    address: str | None,
+    log: Callable[[str], None] | None,
+) -> Iterator[tuple[Executor, int]]:
+    """The executor that runs the cells and how many cells it runs at once: local (this
+    process for jobs=1, else ``jobs`` worker processes) or Ray (statewise.arena.executors;
+    ``log`` gets its one line on the cluster)."""
+    if executor == "ray":
+        from statewise.arena.executors import ray_executor
+
+        env = {name: str(threads) for name in THREAD_VARIABLES}
+        with ray_executor(threads, env, address, log) as (pool, slots):
+            yield pool, slots
+        return
+    if executor != "local":
+        raise ArgumentError(
+            f"statewise arena: unknown executor {executor!r}; choose one of: "
+            + ", ".join(EXECUTORS)
+        )
+    if jobs == 1:
+        yield _InlineExecutor(threads), 1
+        return
+    with _executor(jobs, threads) as pool:
+        yield pool, jobs
 
 
 @contextlib.contextmanager

@@ -15,6 +15,10 @@ For every chosen layer and shape (batch, seq_len, d_model), in one process:
   the figure is close to the peak of live tensor bytes (activations saved for backward,
   gradients, workspaces), rounded to pages. Measured after all timings, because this
   setting changes allocation speed. Linux only; ``None`` elsewhere.
+- With ``dtype="bfloat16"``: ``bf16_fwd_tps`` and ``bf16_fwd_bwd_tps``, the same two numbers
+  under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the projections as bfloat16 GEMMs,
+  the recurrences in float32: statewise.ops.precision), and ``bf16_speedup``, bfloat16's
+  forward+backward tokens/s over float32's, both timed in this process.
 - ``backend``: the kernel backend the row ran under (:mod:`statewise.kernels`); with several
   backends, each non-torch row has ``vs_torch``: its tokens/s over the torch row's (above 1:
   the compiled kernels are faster), and its step time ratio torch/it.
@@ -45,6 +49,7 @@ DEFAULT_LAYERS = ("lstm", "mingru", "rglru", "mamba", "retnet", "mamba2", "mlstm
 CHUNKED = ("retnet", "gateloop", "mlstm", "mamba2", "rwkv")
 DIAGONAL = ("mingru", "minlstm", "lru", "rglru", "hgrn", "mamba")
 STEP_TOKENS = 32
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,9 @@ def build(name: str, d_model: int) -> layers.SequenceMixer:
     return layers.get(name, d_model)
 
 
-def measure_layer(name: str, shape: Shape, repeats: int, machine: Machine) -> dict:
+def measure_layer(
+    name: str, shape: Shape, repeats: int, machine: Machine, dtype: str = "float32"
+) -> dict:
     """Every number of one layer at one shape under the current backend (memory is added
     later by ``layer_peak_mb``)."""
     layer = build(name, shape.d_model)
@@ -231,6 +238,10 @@ def measure_layer(name: str, shape: Shape, repeats: int, machine: Machine) -> di
 
     def module(inp: torch.Tensor) -> torch.Tensor:
         return layer(inp)[0]
+
+    def module_bf16(inp: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return layer(inp)[0]
 
     row = {
         "layer": name,
@@ -243,6 +254,10 @@ def measure_layer(name: str, shape: Shape, repeats: int, machine: Machine) -> di
         "step_us": step_us(layer, shape.d_model, repeats),
         "peak_mb": None,
     }
+    if dtype == "bfloat16":
+        bf16 = throughput(module_bf16, list(layer.parameters()), x, repeats)
+        row["bf16_fwd_tps"], row["bf16_fwd_bwd_tps"] = bf16["forward_tps"], bf16["fwd_bwd_tps"]
+        row["bf16_speedup"] = bf16["fwd_bwd_tps"] / row["fwd_bwd_tps"]
     flops = chunk_flops_per_token(name, layer, shape.seq_len, row["mode"])
     if flops is not None:
         row["flops_per_token"] = flops
@@ -326,14 +341,18 @@ def run_speed(
     with_peers: bool = False,
     progress: bool = True,
     backends: list[str] | None = None,
+    dtype: str = "float32",
 ) -> dict:
     """Measure every layer at every shape under every backend (and its peers, timed once
-    per shape); the JSON-ready result."""
+    per shape); the JSON-ready result. ``dtype="bfloat16"`` also times each layer under
+    bfloat16 autocast."""
     from statewise.bench import peers as peer_mod
 
     check_layers(names)
     if repeats < 1:
         raise ArgumentError(f"repeats must be >= 1, got {repeats}")
+    if dtype not in DTYPES:
+        raise ArgumentError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     backends = backends or [kernels.current()]
     peer_lists = {n: peer_mod.peers_for(n) if with_peers else [] for n in names}
     cells = [(n, s, b) for n in names for s in shapes for b in backends]
@@ -344,7 +363,7 @@ def run_speed(
         tick(f"{name} {shape.label()} [{backend}]")
         try:
             with kernels.use(backend):
-                row = measure_layer(name, shape, repeats, machine)
+                row = measure_layer(name, shape, repeats, machine, dtype)
         except Exception as err:  # a broken layer is reported, the run goes on
             row = {**_key(name, shape), "backend": backend, "error": f"{type(err).__name__}: {err}"}
         row["peers"] = []
@@ -414,6 +433,9 @@ def format_table(result: dict) -> str:
         "peak MiB",
         "of limit",
     ]
+    with_bf16 = any("bf16_speedup" in r for r in result["results"])
+    if with_bf16:
+        header.append("bf16 fwd+bwd")
     table = [header]
     for r in result["results"]:
         shape = f"B{r['batch']} T{r['seq_len']} D{r['d_model']}"
@@ -438,6 +460,7 @@ def format_table(result: dict) -> str:
                 _fmt(r["step_us"], ".0f"),
                 _fmt(r["peak_mb"], ".1f"),
                 limit,
+                *([_ratio(r.get("bf16_speedup"))] if with_bf16 else []),
             ]
         )
         if "vs_torch" in r:
@@ -472,6 +495,7 @@ def format_table(result: dict) -> str:
                     "",
                 ]
             )
+    table = [row + [""] * (len(header) - len(row)) for row in table]
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     for row in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -479,4 +503,6 @@ def format_table(result: dict) -> str:
     lines.append("peer rows: ours/peer tokens/s (x2.00 = ours twice as fast)")
     if any("vs_torch" in r for r in result["results"]):
         lines.append("'vs torch backend' rows: this backend's speed / the torch backend's")
+    if with_bf16:
+        lines.append("bf16 fwd+bwd: tokens/s under bfloat16 autocast / float32's")
     return "\n".join(lines)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from statewise.kernels.scan import torch_threads_kept
 from statewise.ops.precision import float32_recurrence
 
 #: state leaves per cell, in the order the kernels stack them (h first)
@@ -394,13 +395,17 @@ class _Fused(torch.autograd.Function):
         batch, steps, heads, rows = gx.shape
         width = weight.shape[2]
         forward, _ = _compiled()[cell]
-        bblock = _batch_block(batch, heads)
+        with torch_threads_kept():  # numba's first call may set torch's thread count
+            bblock = _batch_block(batch, heads)
         s0 = torch.stack(state0).contiguous()
         seq = gx.new_empty(len(state0), batch, steps, heads, width)
         acts = gx.new_empty(batch, steps, heads, _ACTS[cell] * width)
         bhh = bias_hh if bias_hh is not None else gx.new_zeros(heads, rows)
         wt = weight.transpose(1, 2)
-        forward(_np(gx), _np(wt), _np(bhh), _np(s0), _np(keep), bblock, seq.numpy(), acts.numpy())
+        with torch_threads_kept():
+            forward(
+                _np(gx), _np(wt), _np(bhh), _np(s0), _np(keep), bblock, seq.numpy(), acts.numpy()
+            )
         ctx.cell, ctx.bblock, ctx.has_bias = cell, bblock, bias_hh is not None
         ctx.save_for_backward(weight, s0, seq, acts, keep)
         final = seq[:, :, -1].clone()
@@ -417,19 +422,20 @@ class _Fused(torch.autograd.Function):
         dgx = seq.new_empty(batch, steps, heads, rows)
         dgh = seq.new_empty(batch, steps, heads, rows) if ctx.cell == "gru" else dgx
         ds0 = torch.empty_like(s0)
-        backward(
-            _np(dy),
-            _np(dsT),
-            _np(weight),
-            s0.numpy(),
-            seq.numpy(),
-            acts.numpy(),
-            keep.numpy(),
-            ctx.bblock,
-            dgx.numpy(),
-            dgh.numpy(),
-            ds0.numpy(),
-        )
+        with torch_threads_kept():
+            backward(
+                _np(dy),
+                _np(dsT),
+                _np(weight),
+                s0.numpy(),
+                seq.numpy(),
+                acts.numpy(),
+                keep.numpy(),
+                ctx.bblock,
+                dgx.numpy(),
+                dgh.numpy(),
+                ds0.numpy(),
+            )
         # dW[k] = sum_{b,t} dgh[b, t, k] h_{t-1}[b, k]^T: one batched GEMM over heads
         h_prev = torch.cat([s0[0].unsqueeze(1), seq[0, :, :-1]], dim=1)
         dweight = torch.einsum("btko,btkj->koj", dgh, h_prev)

@@ -24,7 +24,9 @@ backend is in force, so ``import statewise`` does not import numba.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -171,22 +173,40 @@ def canonical(
     return tuple(t.to(dtype).contiguous() for t in (a, b, h0))
 
 
-def threads_for(numel: int) -> int:
+def threads_for(numel: int, torch_threads: int | None = None) -> int:
     """Threads for a kernel over ``numel`` elements: torch's thread count (capped by numba's
     pool), or 1 below :data:`PARALLEL_MIN_ELEMENTS`."""
     if numel < PARALLEL_MIN_ELEMENTS:
         return 1
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads() if torch_threads is None else torch_threads
+    return max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[int]:
+    """Yields torch's thread count and puts it back afterwards. numba's OpenMP threading
+    layer shares the OpenMP runtime with torch: starting its pool (numba's first
+    ``get_num_threads`` or parallel call) sets the runtime's thread count to numba's pool
+    size, which is torch's count as well; without this, an arena cell of 1 thread trained
+    on every core after its first kernel."""
+    before = torch.get_num_threads()
+    try:
+        yield before
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def run_parallel(kernel, numel: int, *args) -> None:
-    """``kernel(*args)`` with :func:`threads_for` ``(numel)`` numba threads."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(threads_for(numel))
-    try:
-        kernel(*args)
-    finally:
-        numba.set_num_threads(before)
+    """``kernel(*args)`` with :func:`threads_for` ``(numel)`` numba threads, torch's thread
+    count left as it was (:func:`torch_threads_kept`)."""
+    with torch_threads_kept() as torch_threads:
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads_for(numel, torch_threads))
+        try:
+            kernel(*args)
+        finally:
+            numba.set_num_threads(before)
 
 
 def _blocks(a_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[int, int]:

@@ -438,6 +438,15 @@ class _CellMixer(SequenceMixer):
     With ``n_heads`` K > 1 the recurrence is head-wise (FlashRNN): ``weight_hh`` is
     (K, G/K, H/K), one block per head, and the gate rows of ``weight_ih`` and the biases are
     laid out head by head (head, gate, unit); see statewise.ops.cells.
+
+    ``weight_drop`` p: DropConnect on the hidden-to-hidden matrix (AWD-LSTM's weight drop,
+    Merity et al. 2017; they use p = 0.5 on a 3-layer LSTM): in training mode each forward
+    draws one Bernoulli(1 - p) mask over ``weight_hh``'s entries and runs the recurrence
+    with ``weight_hh * mask / (1 - p)``, the same matrix at every time step and for every
+    row, whichever path runs it (ATen's fused op, the numba kernel or the loop all take the
+    dropped matrix as their weight). In eval mode nothing is dropped. ``step`` in training
+    mode is one forward of one token, so each call draws its own mask (for one mask over a
+    whole sequence, run ``forward``; generation runs in eval mode). 0 (default): off.
     """
 
     modes = ("recurrent",)
@@ -449,8 +458,16 @@ class _CellMixer(SequenceMixer):
         hidden_size: int | None = None,
         n_heads: int = 1,
         mode: str = "auto",
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__(d_model, mode)
+        if (
+            isinstance(weight_drop, bool)
+            or not isinstance(weight_drop, numbers.Real)
+            or not 0 <= weight_drop < 1
+        ):
+            raise ArgumentError(f"weight_drop must be a number in [0, 1), got {weight_drop!r}")
+        self.weight_drop = float(weight_drop)
         if hidden_size is None:
             hidden_size = d_model
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
@@ -481,10 +498,19 @@ class _CellMixer(SequenceMixer):
 
     def extra_repr(self) -> str:
         heads = f", n_heads={self.n_heads}" if self.n_heads != 1 else ""
-        return f"d_model={self.d_model}, hidden_size={self.hidden_size}{heads}, mode={self.mode!r}"
+        drop = f", weight_drop={self.weight_drop:g}" if self.weight_drop else ""
+        return (
+            f"d_model={self.d_model}, hidden_size={self.hidden_size}{heads}{drop}, "
+            f"mode={self.mode!r}"
+        )
 
     def _weights(self) -> CellWeights:
-        return CellWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        """The cell's weights for one forward: ``weight_hh`` with DropConnect applied in
+        training mode (a fresh mask per call, see the class docstring)."""
+        weight_hh = self.weight_hh
+        if self.training and self.weight_drop > 0:
+            weight_hh = F.dropout(weight_hh, p=self.weight_drop, training=True)
+        return CellWeights(self.weight_ih, weight_hh, self.bias_ih, self.bias_hh)
 
     def _project(self, h: Tensor) -> Tensor:
         return h if self.out_proj is None else self.out_proj(h)

@@ -123,6 +123,9 @@ class TimeMix(nn.Module):
         # weight decay
         no_weight_decay(self.time_maa_w1, self.time_maa_w2, self.time_decay_w1)
         no_weight_decay(self.time_decay_w2, self.time_faaaa)
+        # and RWKV-LM's RWKV-6 trainer (layerwise_lr on) puts time_decay, the base of the
+        # data-dependent decay, in its 2x learning-rate group (its LoRAs _w1/_w2 stay at 1x)
+        self.time_decay._optim = {"lr_scale": 2.0}
         self.receptance = nn.Linear(d_model, d_model, bias=False)
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_model, d_model, bias=False)

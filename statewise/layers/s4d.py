@@ -62,6 +62,8 @@ from statewise.ops.scan import linear_recurrence
 INITS = ("lin", "inv")
 OUTPUTS = ("glu", "linear")
 CONV_FROM = 16  # auto mode: conv from this length on (measured, see the module docstring)
+# the S4 code base trains A and dt at lr = min(0.001, the model's lr), without weight decay
+DYNAMICS_LR_MAX = 1e-3
 
 
 def s4d_imag(init: str, d_state: int) -> torch.Tensor:
@@ -94,7 +96,9 @@ class S4D(SequenceMixer):
     Parameters: log_dt (H), log_A_real and A_imag (H, N/2), B and C (H, N/2, 2) as
     (real, imaginary) pairs, D (H), out_proj: 2H^2 + 3HN + 4H in all with "glu".
     log_dt, log_A_real, A_imag and B carry ``_optim = {"weight_decay": 0.0}`` (the S4
-    convention: no weight decay on the SSM's dynamics).
+    convention: no weight decay on the SSM's dynamics), and log_dt, log_A_real and A_imag
+    also ``"lr_max": 1e-3``: they train at lr min(train.lr, 1e-3), as the S4 code base
+    registers A and dt (``lr=min(0.001, args.lr)`` in its S4D example).
     """
 
     modes = ("recurrent", "conv")
@@ -132,6 +136,8 @@ class S4D(SequenceMixer):
         self.D = nn.Parameter(torch.empty(h))
         self.out_proj = nn.Linear(h, 2 * h if output == "glu" else h)
         no_weight_decay(self.log_dt, self.log_A_real, self.A_imag, self.B)
+        for p in (self.log_dt, self.log_A_real, self.A_imag):  # the S4 code's lr for A, dt
+            p._optim = {**p._optim, "lr_max": DYNAMICS_LR_MAX}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -101,13 +101,38 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.norm_2(x)))
 
 
+class LockedDropout(nn.Module):
+    """Variational ("locked") dropout: x (B, T, D) times one mask (B, 1, D) of
+    Bernoulli(1 - p) / (1 - p), drawn per call and shared by every time step, so a
+    channel dropped for a sequence stays dropped over all of it (Gal & Ghahramani 2016;
+    AWD-LSTM's LockedDropout). Identity in eval mode or with p = 0. On a single step
+    x_t (B, D) the mask is (B, D), drawn per call: one step is one forward."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        shape = (x.shape[0], 1, x.shape[-1]) if x.dim() == 3 else x.shape
+        keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Backbone(nn.Module):
-    """n_layers blocks and a final norm; the state is a list with one entry per block."""
+    """n_layers blocks and a final norm; the state is a list with one entry per block.
+    With model.locked_dropout, :class:`LockedDropout` applies to every block's input and to
+    the last block's output (before the final norm)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
+        self.locked_dropout = LockedDropout(config.locked_dropout)
 
     def forward(
         self,
@@ -119,9 +144,9 @@ class Backbone(nn.Module):
         state = self._check_state(state)
         new_state = []
         for block, s in zip(self.blocks, state):
-            x, s = block(x, s, mask, resets)
+            x, s = block(self.locked_dropout(x), s, mask, resets)
             new_state.append(s)
-        return self.norm(x), new_state
+        return self.norm(self.locked_dropout(x)), new_state
 
     def step(
         self, x_t: torch.Tensor, state: list[State] | None = None
@@ -129,9 +154,9 @@ class Backbone(nn.Module):
         state = self._check_state(state)
         new_state = []
         for block, s in zip(self.blocks, state):
-            x_t, s = block.step(x_t, s)
+            x_t, s = block.step(self.locked_dropout(x_t), s)
             new_state.append(s)
-        return self.norm(x_t), new_state
+        return self.norm(self.locked_dropout(x_t)), new_state
 
     def init_state(
         self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None

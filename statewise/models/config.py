@@ -39,6 +39,13 @@ class ModelConfig:
     mlp_ratio: hidden width of each block's MLP over d_model; 0 means no MLP.
     mlp: "gelu" (W_2 gelu(W_1 x)), "geglu" (W_2 (gelu_tanh(W_g x) * W_1 x)) or "swiglu".
     norm: "rmsnorm", "rmsnorm_plus_one" (scale by 1 + w, as Gemma) or "layernorm".
+    dropout: ordinary dropout on each block's mixer and MLP outputs (a new mask per element).
+    locked_dropout: variational dropout (Gal & Ghahramani 2016, as AWD-LSTM's "locked"
+        dropout, Merity et al. 2017) on the residual stream at every block's input and at the
+        last block's output: one Bernoulli mask per sequence and channel, the same at every
+        time step, in training mode only (0: off). It plays the part of AWD-LSTM's dropouti
+        (the embedding output), dropouth (between layers) and dropout (the last output) at
+        one rate; they use 0.4 / 0.25 / 0.4 on Penn Treebank.
     tie_embeddings: the language model's output matrix is its token embedding.
     embed_std: the token embedding starts N(0, embed_std^2). It sets how loud a token is in
         the residual stream against the blocks' outputs, and no single value suits every
@@ -69,6 +76,7 @@ class ModelConfig:
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
     dropout: float = 0.0
+    locked_dropout: float = 0.0
     tie_embeddings: bool | None = None
     embed_std: float | None = None
     embed_scale: float = 1.0
@@ -104,6 +112,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be one of {options}, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.locked_dropout < 1.0:
+            raise ConfigError(f"model.locked_dropout must be in [0, 1), got {self.locked_dropout}")
         if self.mlp_ratio < 0 or self.logit_softcap < 0 or self.norm_eps <= 0:
             raise ConfigError("model.mlp_ratio and logit_softcap must be >= 0, norm_eps > 0")
         if self.head == "lm" and self.vocab_size <= 0:

@@ -13,11 +13,13 @@ from statewise.tasks.long_range import Adding, Passkey
 from statewise.tasks.mqar import MQAR
 from statewise.tasks.seq_class import PIXEL_VOCAB, digits
 from statewise.tasks.state_tracking import CycleNav, EvenPairs, ModArith, Parity
-from statewise.tasks.text import CharLM, builtin_corpus, read_text
+from statewise.tasks.text import build_text_task
+from statewise.tasks.tokenizer import Tokenizer
 
 STATE_TRACKING = ("parity", "mod_arith", "mod_arith_brackets", "cycle_nav", "even_pairs")
 TASKS = (
     "char_lm",
+    "lm",
     "mqar",
     "selective_copy",
     "induction_heads",
@@ -51,10 +53,17 @@ CAPS = {
 
 @dataclass
 class DataConfig:
-    """task: "char_lm" (bytes of a text file), "mqar" (synthetic associative recall) or one
-    of the synthetic tasks below.
+    """task: "char_lm" (byte-level language modelling), "lm" (language modelling with
+    data.tokenizer), "mqar" (synthetic associative recall) or one of the synthetic tasks below.
 
-    path: char_lm's text file; empty means the built-in corpus (the standard library's source).
+    path: the text of char_lm and lm (docs/training.md, "Your own data"): a text file, a
+    directory (its text files, recursively), a glob pattern, JSON Lines (``*.jsonl``, the
+    string in field text_field of each line), or a directory from ``statewise data prepare``
+    (memory-mapped); each file or JSON line is one document. Empty means the built-in corpus
+    (the standard library's source, one document per file). val_fraction of the documents
+    are held out, chosen by train.seed (a single document: its last val_fraction of tokens).
+    tokenizer: lm's tokenizer directory (``statewise tokenizer train``); empty means bytes.
+    text_field: the field of a JSON Lines record that holds the text.
     vocab_size, n_pairs, alpha: mqar's vocabulary, key-value pairs per sequence, query-gap
     power law; also the vocabulary of selective_copy and induction_heads.
 
@@ -102,6 +111,8 @@ class DataConfig:
     min_length: int = 1
     dataset: str = "digits"
     test_fraction: float = 0.2
+    tokenizer: str = ""
+    text_field: str = "text"
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "data")
@@ -137,7 +148,9 @@ class DataConfig:
             raise ConfigError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
 
 
-def build_task(config: DataConfig, seed: int) -> Task:
+def build_task(config: DataConfig, seed: int, tokenizer: Tokenizer | None = None) -> Task:
+    """The task of ``config``; ``tokenizer`` replaces data.tokenizer for text tasks (a
+    checkpoint's reader passes the run directory's copy)."""
     if config.task == "mqar":
         return MQAR(config.seq_len, config.vocab_size, config.n_pairs, config.alpha, seed)
     if config.task == "selective_copy":
@@ -155,8 +168,15 @@ def build_task(config: DataConfig, seed: int) -> Task:
     if config.task == "seq_class":
         splits = digits(seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
         return AnswerAtEnd(splits, PIXEL_VOCAB, N_CLASSES, seed)
-    text = read_text(config.path) if config.path else builtin_corpus()
-    return CharLM(text, config.seq_len, config.val_fraction, seed)
+    return build_text_task(
+        config.task,
+        config.path,
+        config.seq_len,
+        config.val_fraction,
+        seed,
+        tokenizer if tokenizer is not None else config.tokenizer,
+        config.text_field,
+    )
 
 
 def _state_tracking(config: DataConfig, seed: int) -> Task:

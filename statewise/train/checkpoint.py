@@ -10,6 +10,7 @@ A run directory ``DIR`` (``statewise train --out DIR``) holds (docs/checkpoints.
         manifest.json                  written last: format, step, and each file's size
                                        and SHA-256
     DIR/checkpoints/step-00000100/   the one before (the writer keeps the last K)
+    DIR/tensorboard/                 TensorBoard event files ([log] tensorboard = true)
     DIR.lock                         beside DIR, while a writer runs (``train.lock``)
 
 A save writes a hidden ``checkpoints/.step-N.tmp-PID`` directory, fsyncs its files,
@@ -48,6 +49,7 @@ FILES = ("config.toml", "model.safetensors", "train_state.pt", "metrics.jsonl")
 MANIFEST = "manifest.json"
 FORMAT = 2  # the layout above; 1 is the flat directory of FILES
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"  # DIR/tensorboard/: event files of [log] tensorboard = true
 _NAME = re.compile(r"step-(\d{8,})")
 _LEFTOVER = re.compile(r"\.step-\d{8,}\.(tmp|replaced)-\d+")
 
@@ -370,5 +372,5 @@ def set_aside_unreadable(path: str | Path, resumed_from: Path) -> list[Path]:
 def holds_other_files(path: str | Path) -> list[str]:
     """Names in run directory ``path`` that a writer did not make (FILES of the flat
     layout count as its own)."""
-    own = {CHECKPOINTS, *FILES}
+    own = {CHECKPOINTS, TENSORBOARD, "tokenizer", *FILES}  # tokenizer/: the run's tokenizer
     return sorted(p.name for p in Path(path).iterdir() if p.name not in own)

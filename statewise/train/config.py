@@ -1,4 +1,4 @@
-"""Run configs in TOML, mapped onto dataclasses: [model], [data] and [train].
+"""Run configs in TOML, mapped onto dataclasses: [model], [data], [train] and [log].
 
 Unknown sections or keys and values of the wrong type are errors (ConfigError, a
 ValueError); ``--section.key=value`` overrides from the command line are parsed as TOML
@@ -35,6 +35,8 @@ CAPS = {
     "eval_batches": 1 << 20,
     "keep_checkpoints": 1 << 10,
 }
+OPTIMIZERS = ("adamw", "nt_asgd")
+DTYPES = ("float32", "bfloat16")  # train.dtype: bfloat16 runs under autocast
 
 
 @dataclass
@@ -44,8 +46,14 @@ class TrainConfig:
     state_passing: every step starts from the final state of the previous step's batch
     (row by row, detached) instead of zeros, so the model also trains on the states it
     would reach far into sequences longer than seq_len (Buitrago Ruiz & Gu 2025, "Understanding
-    and Improving Length Generalization in Recurrent Models"). Refused for global attention,
-    whose key-value cache would fill up; local attention (a window) is fine.
+    and Improving Length Generalization in Recurrent Models"). On text (char_lm, lm) this
+    is truncated backpropagation through time: the batches come from the task's
+    ``stream_batch``, where row r reads consecutive windows of its own contiguous stream
+    (the AWD-LSTM / Transformer-XL batching), so the carried state belongs to the text just
+    before; a document boundary inside a window, and each new pass over the data, reset
+    it. Tasks without ``stream_batch`` (synthetic ones) draw independent windows and the
+    state runs on across them. Refused for global attention, whose key-value cache would
+    fill up; local attention (a window) is fine.
     state_reset: with state passing, the chance that a row starts a step from the initial
     state instead of its carried one, so the model still works from a fresh start (with
     0, a model whose state decays slowly can come to rely on the warm states it always
@@ -69,6 +77,20 @@ class TrainConfig:
     budget_s: stop after this many seconds of training, summed over resumes (0: no limit).
     The stop is a limit, not a plan: warm-up and cosine still run over ``steps``, so set
     ``steps`` to about what fits (``statewise arena`` plans its steps from timed passes).
+
+    grad_accum: a step's batch_size rows run as this many micro-batches of consecutive rows
+    (each loss weighted by its share of the batch's target tokens, so the gradient is the
+    whole batch's); with state passing each micro-batch carries its own rows' state. 1: off.
+
+    optimizer: "adamw", or "nt_asgd": plain SGD whose weights are averaged from the first
+    evaluation whose val_loss is worse than the best of those more than ``nonmono``
+    evaluations back (Merity et al. 2017, AWD-LSTM; their recipe: lr 30, grad_clip 0.25,
+    weight_decay 1.2e-6, a constant lr: warmup_steps 0, min_lr_ratio 1; nonmono 5).
+    Evaluations and checkpoints then use the averaged weights (statewise.train.optim.NTASGD).
+
+    dtype: "float32", or "bfloat16": the forward and the loss run under bfloat16 autocast
+    (GEMMs in bfloat16), while the weights, the optimizer, the recurrences and the states
+    stay float32 (docs/training.md, "bfloat16"); evaluation runs in float32.
     """
 
     steps: int = 300
@@ -90,6 +112,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     budget_s: float = 0.0
     keep_checkpoints: int = 2
+    grad_accum: int = 1
+    optimizer: str = "adamw"
+    nonmono: int = 5
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "train")
@@ -125,6 +151,35 @@ class TrainConfig:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 1 <= self.grad_accum <= self.batch_size:
+            raise ConfigError(
+                f"train.grad_accum must be in [1, batch_size = {self.batch_size}] (it splits "
+                f"a step's rows into micro-batches), got {self.grad_accum}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
+            )
+        if self.nonmono < 1:
+            raise ConfigError(f"train.nonmono must be >= 1, got {self.nonmono}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"train.dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
+@dataclass
+class LogConfig:
+    """What a run writes for people to watch, besides metrics.jsonl (always written).
+
+    tensorboard: also write TensorBoard event files into DIR/tensorboard/ (the writer only;
+    needs ``pip install tensorboard``). Off by default: metrics.jsonl and ``statewise plot``
+    need nothing extra installed, and the event files duplicate what metrics.jsonl holds.
+    """
+
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"log.tensorboard must be true or false, got {self.tensorboard!r}")
 
 
 @dataclass
@@ -132,6 +187,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,7 +196,7 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict())
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "log": LogConfig}
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

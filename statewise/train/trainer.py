@@ -8,29 +8,34 @@ run that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from statewise.errors import CheckpointError, ConfigError, NonFiniteError
 from statewise.models import build_model
 from statewise.ops.tree import carry, tree_leaves, tree_map
-from statewise.tasks.base import step_generator, unpack_batch
+from statewise.tasks.base import IGNORE, step_generator, unpack_batch
 from statewise.tasks.config import build_task
-from statewise.train import checkpoint
+from statewise.tasks.tokenizer import install_run_tokenizer
+from statewise.train import checkpoint, distributed
 from statewise.train.config import RunConfig, TrainConfig
 from statewise.train.evaluate import evaluate, token_loss
 from statewise.train.lock import writer_lock
 from statewise.train.optim import (
+    NTASGD,
     check_finite_step,
     clip_gradients,
     diverged_forward,
-    lr_at,
     make_optimizer,
+    set_lr,
 )
+from statewise.train.progress import make_progress
+from statewise.train.rows import cat_rows, row_slices, take_rows
+from statewise.train.tensorboard import check_available, open_event_log
 
 RESET_SEED_OFFSET = 15_485_863  # train.state_reset draws: a stream of their own
 NOISE_SEED_OFFSET = 32_452_843  # train.state_noise draws: another
@@ -78,12 +83,25 @@ def train(
     gradient norm, weight or activation raises TrainingDiverged before that step is taken,
     and the checkpoints stay as they were."""
     out = Path(out)
-    with writer_lock(out, f"statewise train --out {out}"):
-        return _train(config, out, resume, progress)
+    world = distributed.join()  # one rank of torchrun's processes, or a world of one
+    try:
+        if not world.is_writer:
+            return _train(config, out, resume, False, world)
+        with writer_lock(out, f"statewise train --out {out}"):
+            return _train(config, out, resume, progress, world)
+    finally:
+        distributed.leave(world)
 
 
-def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
-    continuing = check_out_dir(out, resume)
+def _train(
+    config: RunConfig, out: Path, resume: bool, progress: bool, world: distributed.World
+) -> dict[str, Any]:
+    # the writer (rank 0) checks the run directory; the others read what it chose
+    continuing = check_out_dir(out, resume) if world.is_writer else None
+    chosen = distributed.from_writer(continuing.path if continuing else None, world)
+    if not world.is_writer and chosen is not None:
+        continuing = checkpoint.read(chosen, quiet=True)
+    check_available(config.log)
     if config.model.head != "lm":
         raise ConfigError('statewise train fits language models (model.head = "lm")')
     tc = config.train
@@ -93,11 +111,25 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
             f"model.vocab_size {config.model.vocab_size} is smaller than the "
             f"task's vocabulary {task.vocab_size}"
         )
+    if getattr(task, "tokenizer", None) is not None and world.is_writer:
+        install_run_tokenizer(task.tokenizer, out)  # text: the run keeps its tokenizer
+    mine = distributed.my_rows(world, tc.batch_size)  # this rank's rows of every batch
+    if tc.grad_accum > mine.stop - mine.start:
+        raise ConfigError(
+            f"train.grad_accum {tc.grad_accum} is more than the {mine.stop - mine.start} "
+            f"rows each of the {world.size} processes trains on"
+        )
+    # state passing reads consecutive windows of each row's own stream (truncated BPTT)
+    streams = tc.state_passing and hasattr(task, "stream_batch")
+    next_batch = task.stream_batch if streams else task.train_batch
     torch.manual_seed(tc.seed)
     model = build_model(config.model)
+    if world.rank > 0:  # the same weights, but dropout masks of a rank's own
+        torch.manual_seed(tc.seed + world.rank)
     if tc.state_passing or tc.state_noise > 0:
         check_fixed_size_state(model)
     optimizer = make_optimizer(model, tc)
+    averager = NTASGD(model, tc.nonmono) if tc.optimizer == "nt_asgd" else None
     start, tokens, metrics, carried, seconds_before = 0, 0, [], None, 0.0
     if continuing is not None:
         stored = continuing.config()
@@ -110,14 +142,16 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
         state = continuing.train_state()
         try:
             optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
+            torch.set_rng_state(state.get("rng_ranks", [state["rng"]])[world.rank])
             start, tokens = state["step"], int(state["tokens"])
+            if averager is not None:
+                averager.load_state_dict(state["nt_asgd"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
                 f"{continuing.path}: train_state.pt cannot resume this run ({type(err).__name__}: "
                 f"{err}); it holds no usable optimizer or RNG state"
             ) from None
-        carried = state.get("carried")
+        carried = take_rows(state.get("carried"), mine)
         seconds_before = float(state.get("seconds", 0.0))
         metrics = continuing.metrics()
 
@@ -126,25 +160,36 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
         return seconds_before + time.perf_counter() - t0
 
     def save(done: int) -> None:
+        # every rank's rows of the carried state and its RNG, gathered to the writer
+        carried_by_rank = distributed.gather_to_writer(carried, world)
+        rng_by_rank = distributed.gather_to_writer(torch.get_rng_state(), world)
+        if not world.is_writer:
+            return
         train_state = {
             "step": done,
             "tokens": tokens,
             "seconds": seconds(),
             "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
-            "carried": carried,  # state passing: resuming stays exact
+            "rng": rng_by_rank[0],
+            # state passing: resuming stays exact
+            "carried": None if carried is None else cat_rows(carried_by_rank),
         }
-        checkpoint.save(out, config, model, train_state, metrics, keep=tc.keep_checkpoints)
+        if world.active:
+            train_state["rng_ranks"] = rng_by_rank
+        if averager is None:
+            checkpoint.save(out, config, model, train_state, metrics, keep=tc.keep_checkpoints)
+            return
+        train_state["nt_asgd"] = averager.state_dict()  # the raw weights, before the swap
+        with averager.averaged():  # the checkpoint's weights are the averaged ones
+            checkpoint.save(out, config, model, train_state, metrics, keep=tc.keep_checkpoints)
 
     model.train()
-    bar = tqdm(
-        total=tc.steps,
-        initial=start,
-        disable=not progress,
-        unit="step",
-        dynamic_ncols=True,
-        desc=f"{config.model.layer} {config.data.task}",
+    net = distributed.wrap(model, world)  # DDP under torchrun: gradients averaged over ranks
+    bar = make_progress(
+        tc.steps, start, f"{config.model.layer} {config.data.task}", enabled=progress
     )
+    events = open_event_log(out, config.log, start, enabled=world.is_writer)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.dtype == "bfloat16")
     done, t0, tokens_at_t0 = start, time.perf_counter(), tokens
     spent = over_budget(seconds_before, tc)
     if spent:
@@ -152,55 +197,79 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
     end = start if spent else tc.steps
     try:
         for step in range(start, end):
-            lr = lr_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            inputs, targets, resets = unpack_batch(task.train_batch(step, tc.batch_size))
-            try:
-                if tc.state_passing:
-                    if carried is not None and tc.state_reset > 0:
-                        carried = reset_rows(model, carried, tc, step)
-                    logits, final = model(
-                        inputs, state=carried, return_state=True, resets=resets
-                    )
-                    carried = tree_map(torch.Tensor.detach, final)
-                elif tc.state_noise > 0:
-                    state = noisy_state(model, inputs.shape[0], tc, step)
-                    logits = model(inputs, state=state, resets=resets)
-                else:
-                    logits = model(inputs, resets=resets)
-            except NonFiniteError as err:
-                raise diverged_forward(step + 1, model) from err
-            loss = token_loss(logits, targets, tc.label_smoothing)
+            lr = set_lr(optimizer, step, tc)
+            batch = unpack_batch(next_batch(step, tc.batch_size))
+            inputs, targets, resets = take_rows(batch, mine)
+            if tc.state_passing and carried is not None and tc.state_reset > 0:
+                carried = reset_rows(model, carried, tc, step)
+            start_state = carried
+            if tc.state_noise > 0:
+                start_state = noisy_state(model, inputs.shape[0], tc, step)
+            # train.grad_accum micro-batches of rows, each loss weighted by its share of the
+            # batch's target tokens (over every rank, times the ranks DDP averages over):
+            # the summed gradient is the whole batch's
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            local = torch.tensor(float((targets != IGNORE).sum()))
+            counted = max(float(distributed.sum_over_ranks(local, world)), 1.0) / world.size
+            loss, finals = torch.zeros(()), []
+            micro = row_slices(inputs.shape[0], tc.grad_accum)
+            for i, rows in enumerate(micro):
+                x, y, r = take_rows((inputs, targets, resets), rows)
+                # DDP all-reduces the gradients once, after the last micro-batch
+                sync = i == len(micro) - 1 or not world.active
+                with contextlib.nullcontext() if sync else net.no_sync():
+                    try:
+                        with autocast:
+                            returned = net(
+                                x,
+                                state=take_rows(start_state, rows),
+                                return_state=tc.state_passing,
+                                resets=r,
+                            )
+                            logits, final = returned if tc.state_passing else (returned, None)
+                            part = token_loss(logits, y, tc.label_smoothing)
+                    except NonFiniteError as err:
+                        raise diverged_forward(step + 1, model) from err
+                    part = part.float() * (int((y != IGNORE).sum()) / counted)
+                    part.backward()
+                loss, finals = loss + part.detach(), [*finals, final]
+            if tc.state_passing:
+                carried = tree_map(torch.Tensor.detach, cat_rows(finals))
+            loss = distributed.sum_over_ranks(loss, world) / world.size  # the batch's mean
             check_finite_step(step + 1, loss, clip_gradients(model, tc.grad_clip))
             optimizer.step()
-            done, tokens = step + 1, tokens + inputs.numel()
+            if averager is not None:
+                averager.after_step()
+            done, tokens = step + 1, tokens + batch[0].numel()
             speed = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed:,.0f}", refresh=False)
-            stopped = over_budget(seconds(), tc) and done < tc.steps
+            elapsed = seconds()  # "seconds" in metrics.jsonl: curves against time
+            stopped = tc.budget_s > 0 and done < tc.steps  # every rank stops at one step
+            stopped = stopped and distributed.any_rank(over_budget(elapsed, tc), world)
             last = done == tc.steps or stopped
+            logged = done % tc.log_every == 0 or last
+            bar.update(done, loss.item(), lr, speed, elapsed, logged)
             record: dict[str, Any] = {}
-            if done % tc.log_every == 0 or last:
+            if logged:
                 record = {
                     "step": done,
                     "loss": loss.item(),
                     "lr": lr,
                     "tokens": tokens,
                     "tokens_per_s": round(speed, 1),
+                    "seconds": round(elapsed, 3),
                 }
             if done % tc.eval_every == 0 or last:
                 record = {
                     "step": done,
                     "loss": loss.item(),
+                    "seconds": round(elapsed, 3),
                     **record,
-                    **evaluate(model, task, tc.batch_size, tc.eval_batches),
+                    **_evaluate(model, task, tc, averager, done),
                 }
                 bar.write(_describe(record))
             if record:
                 metrics.append(record)
+                events.record(record)
             if done % tc.checkpoint_every == 0 or last:
                 save(done)
             if stopped:
@@ -210,12 +279,29 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool) -> dict[s
                 )
                 break
     except KeyboardInterrupt:
-        if done > start:
+        # under torchrun every rank is stopped at its own point, so nothing is gathered:
+        # the run resumes from its last checkpoint
+        if done > start and not world.active:
             save(done)
         raise
     finally:
         bar.close()
+        events.close()
     return metrics[-1] if metrics else {"step": done}
+
+
+def _evaluate(
+    model: torch.nn.Module, task: Any, tc: TrainConfig, averager: NTASGD | None, step: int
+) -> dict[str, Any]:
+    """The validation record at ``step``; with NT-ASGD, of the averaged weights once
+    averaging has started, and the loss goes to its trigger (``nt_asgd_averaging``: whether
+    the weights evaluated and saved from here on are averaged)."""
+    if averager is None:
+        return evaluate(model, task, tc.batch_size, tc.eval_batches)
+    with averager.averaged():
+        result = evaluate(model, task, tc.batch_size, tc.eval_batches)
+    averager.observe(result["val_loss"], step)
+    return {**result, "nt_asgd_averaging": averager.triggered}
 
 
 def over_budget(seconds: float, tc: TrainConfig) -> bool:

@@ -178,3 +178,15 @@ def test_bad_arguments_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFi
 def test_bench_needs_a_subcommand(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench"]) == 2
     assert "\n" not in capsys.readouterr().err.strip()
+
+
+def test_dtype_bfloat16_reports_the_speedup(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bf16.json"
+    argv = ["bench", "speed", "--layers", "mingru,retnet", "--dtype", "bfloat16"]
+    assert main([*argv, "--quick-machine", *TINY, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["options"]["dtype"] == "bfloat16"
+    for row in result["results"]:
+        assert positive(row["bf16_fwd_tps"]) and positive(row["bf16_fwd_bwd_tps"])
+        assert row["bf16_speedup"] == pytest.approx(row["bf16_fwd_bwd_tps"] / row["fwd_bwd_tps"])
+    assert "bf16 fwd+bwd" in capsys.readouterr().out

@@ -49,3 +49,25 @@ def test_numba_imported_first_keeps_its_pool_and_compiles(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) == os.cpu_count()  # numba's own default, left alone
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to tell the counts apart")
+def test_a_numba_kernel_leaves_torch_threads_as_they_were():
+    """numba's OpenMP layer shares the runtime with torch: restoring numba's pool size after
+    a kernel set torch's thread count to it too (a 1-thread arena cell then trained on 2)."""
+    probe = (
+        "import torch, statewise.layers as L\n"
+        "torch.set_num_threads(1)\n"
+        "L.get('mingru', d_model=64)(torch.randn(4, 512, 64))\n"  # the scan kernel
+        "a = torch.get_num_threads()\n"
+        "y, _ = L.get('slstm', d_model=64)(torch.randn(4, 64, 64, requires_grad=True))\n"
+        "y.sum().backward()\n"  # the fused cell kernel, forward and backward
+        "print(a, torch.get_num_threads())\n"
+    )
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+    }
+    env = {**clean, "STATEWISE_BACKEND": "numba"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]

@@ -123,8 +123,8 @@ def entropy_bounds(config: RunConfig) -> tuple[float, float]:
     scores below them there: the sample's own frequencies are the best such model."""
     task = build_task(config.data, config.train.seed)
     batches = task.eval_batches(config.train.batch_size, config.train.eval_batches)
-    previous = torch.cat([inputs.flatten() for inputs, _ in batches])
-    targets = torch.cat([targets.flatten() for _, targets in batches])
+    previous = torch.cat([inputs.flatten() for inputs, *_ in batches])  # text adds resets
+    targets = torch.cat([targets.flatten() for _, targets, *_ in batches])
 
     def entropy(counts: torch.Tensor) -> float:
         p = counts[counts > 0].double() / counts.sum()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -123,3 +124,91 @@ def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted(
     args = ["train", config, "--out", str(stopped), "--resume", "auto", "--no-progress"]
     assert cli.main(args) == 0
     assert losses(stopped) == losses(whole)
+
+
+# A wrapper run as the training process: it SIGKILLs itself in the middle of its
+# KILL_AT-th torch.save (the checkpoint's train_state.pt), after writing half the bytes,
+# so one kill falls inside a save deterministically, with no hook in statewise itself.
+KILL_IN_SAVE = """
+import io, os, signal, sys
+import torch
+from statewise import cli
+
+real_save, calls = torch.save, [0]
+
+def save(obj, f, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(os.environ["KILL_AT"]):
+        data = io.BytesIO()
+        real_save(obj, data)
+        with open(f, "wb") as out:
+            out.write(data.getvalue()[: len(data.getvalue()) // 2])
+            out.flush()
+            os.fsync(out.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def saved_step(out: Path) -> int:
+    """The newest checkpoint's step, from the directory names (0: none yet)."""
+    steps = [int(p.name[5:]) for p in (out / "checkpoints").glob("step-*")]
+    return max(steps, default=0)
+
+
+def test_three_sigkills_one_during_a_save_then_resume_equals_uninterrupted(tmp_path, tiny_config):
+    """Kill 1 and 3 at a random (seeded) moment once the run has saved a new checkpoint;
+    kill 2 half way through writing a checkpoint. Each restart is ``--resume auto``; the
+    run ends with the weights, optimizer state and losses of a run never stopped."""
+    from statewise import cli
+
+    steps = 300
+    config = tiny_config(steps=steps, checkpoint_every=10)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": "2"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1); saves a start-up
+    try:
+        assert cli.main(["train", str(config), "--out", str(whole), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    wrapper = tmp_path / "kill_in_save.py"
+    wrapper.write_text(KILL_IN_SAVE)
+    rng = random.Random(18)
+    for attempt in range(3):
+        before = saved_step(killed)
+        cmd = train_cmd(config, killed, *(["--resume", "auto"] if attempt else []))
+        if attempt == 1:  # the wrapper replaces "-m statewise"
+            cmd = [sys.executable, str(wrapper), *cmd[3:]]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt != 1:
+            deadline = time.monotonic() + 120
+            while saved_step(killed) <= before and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.1))
+            assert proc.poll() is None, "the run ended before its kill; make it longer"
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+        assert before <= saved_step(killed) < steps
+        if attempt == 1:  # the half-written save is left as its hidden tmp directory
+            (partial,) = (killed / "checkpoints").glob(".step-*.tmp-*")
+            assert (partial / "train_state.pt").stat().st_size > 0
+            assert not (partial / checkpoint.MANIFEST).exists()
+    resumed = subprocess.run(
+        train_cmd(config, killed, "--resume", "auto"), env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list((killed / "checkpoints").glob(".step-*"))  # the leftover was removed
+    assert losses(killed) == losses(whole) and losses(killed)[-1][0] == steps
+    weights = [checkpoint.load(out).state_dict() for out in (killed, whole)]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    states = [torch.load(newest(o) / "train_state.pt", weights_only=True) for o in (killed, whole)]
+    moments = [s["optimizer"]["state"] for s in states]
+    for key, value in moments[0].items():
+        assert torch.equal(value["exp_avg_sq"], moments[1][key]["exp_avg_sq"]), key

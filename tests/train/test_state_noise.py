@@ -39,10 +39,10 @@ def test_training_steps_start_from_the_noisy_state(tiny_config, tmp_path, monkey
     given = []
     forward = LanguageModel.forward
 
-    def recording(self, ids, state=None, mask=None, return_state=False):
+    def recording(self, ids, state=None, mask=None, return_state=False, resets=None):
         if self.training:
             given.append(state)
-        return forward(self, ids, state=state, mask=mask, return_state=return_state)
+        return forward(self, ids, state=state, mask=mask, return_state=return_state, resets=resets)
 
     monkeypatch.setattr(LanguageModel, "forward", recording)
     config = _config(tiny_config(steps=3), state_noise=0.5)

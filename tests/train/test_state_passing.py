@@ -27,8 +27,8 @@ def training_calls(monkeypatch) -> list[tuple]:
     calls = []
     forward = LanguageModel.forward
 
-    def recording(self, ids, state=None, mask=None, return_state=False):
-        out = forward(self, ids, state=state, mask=mask, return_state=return_state)
+    def recording(self, ids, state=None, mask=None, return_state=False, resets=None):
+        out = forward(self, ids, state=state, mask=mask, return_state=return_state, resets=resets)
         if self.training:
             calls.append((state, out[1] if return_state else None))
         return out
@@ -58,14 +58,14 @@ def test_resume_with_state_passing_is_exact(tiny_config, tmp_path, monkeypatch):
 
     def interrupted_at_step_5(data, seed):  # Ctrl-C while step 5's batch is drawn
         task = build(data, seed)
-        draw = task.train_batch
+        draw = task.stream_batch  # state passing reads consecutive windows
 
-        def train_batch(step, batch_size):
+        def stream_batch(step, batch_size):
             if step == 5:
                 raise KeyboardInterrupt
             return draw(step, batch_size)
 
-        task.train_batch = train_batch
+        task.stream_batch = stream_batch
         return task
 
     monkeypatch.setattr(trainer, "build_task", interrupted_at_step_5)
@@ -87,10 +87,23 @@ def test_global_attention_is_refused_local_attention_runs(tiny_config, tmp_path)
     assert train(local, tmp_path / "local", progress=False)["step"] == 4
 
 
-def test_state_reset_one_starts_every_step_fresh(tiny_config, tmp_path):
-    """state_reset = 1: every row starts from the initial state, as without state passing."""
+def test_state_reset_one_starts_every_step_fresh(tiny_config, tmp_path, monkeypatch):
+    """state_reset = 1: every row starts from the initial state, as without state passing
+    (on the same batches: state passing reads consecutive windows, so the run without it
+    is given those windows too)."""
+    from statewise.train import trainer
+
+    build = trainer.build_task
+
+    def streaming(data, seed):
+        task = build(data, seed)
+        task.train_batch = task.stream_batch
+        return task
+
     path = tiny_config(steps=6)
+    monkeypatch.setattr(trainer, "build_task", streaming)
     fresh = train(load_config(path), tmp_path / "fresh", progress=False)
+    monkeypatch.setattr(trainer, "build_task", build)
     reset = train(_config(path, state_reset=1.0), tmp_path / "reset", progress=False)
     carried = train(_config(path), tmp_path / "carried", progress=False)
     assert reset["loss"] == fresh["loss"] and reset["val_loss"] == fresh["val_loss"]
