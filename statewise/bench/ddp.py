@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     args = parser.parse_args(argv)
     rows = []
-    print(f"{'layer':8s}  {'1 proc x ' + str(args.threads) + ' thr':>16s}  "
-          f"{str(args.threads) + ' proc x 1 thr':>16s}  ratio", flush=True)
+    print(
+        f"{'layer':8s}  {'1 proc x ' + str(args.threads) + ' thr':>16s}  "
+        f"{str(args.threads) + ' proc x 1 thr':>16s}  ratio",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for layer in args.layers.split(","):
             config = Path(tmp) / f"{layer}.toml"
