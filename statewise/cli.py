@@ -338,7 +338,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         + ", ".join(
             f"{k} {v:.4f}"
             for k, v in final.items()
-            if k in ("loss", "val_loss", "val_bits_per_char", "val_accuracy")
+            if k in ("loss", "val_loss", "val_bits_per_char", "val_bits_per_byte", "val_accuracy")
         )
         + f"; checkpoint in {out}"
     )

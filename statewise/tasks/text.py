@@ -81,6 +81,7 @@ class TextLM:
         self.vocab_size = self.tokenizer.vocab_size
         self.metric, self.seq_len, self.seed = metric, seq_len, seed
         self.n_documents = len(offsets) - 1
+        self._val_bytes_per_token: float | None = None
         self.train_part, self.val_part = split_documents(tokens, offsets, val_fraction, seed)
         for stream, name in ((self.train_part, "training"), (self.val_part, "validation")):
             if stream.length < seq_len + 2:
@@ -121,6 +122,14 @@ class TextLM:
         """Every validation token in order, as one 1-D int64 tensor (its documents joined;
         dynamic evaluation reads it so)."""
         return self.val_part.gather(torch.arange(self.val_part.length))[0]
+
+    def val_bytes_per_token(self) -> float:
+        """UTF-8 bytes per token of the validation documents (1 for the byte tokenizer):
+        a loss per token divided by it is a loss per byte, comparable across tokenizers."""
+        if self._val_bytes_per_token is None:
+            text = self.tokenizer.decode(self.val_stream().tolist())
+            self._val_bytes_per_token = len(text.encode("utf-8")) / self.val_part.length
+        return self._val_bytes_per_token
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         last = self.val_part.length - self.seq_len - 1

@@ -48,11 +48,16 @@ def _score(model: nn.Module, batches: Iterable) -> tuple[float, float]:
 
 
 def evaluate(model: nn.Module, task: Task, batch_size: int, n_batches: int) -> dict[str, float]:
-    """val_loss (nats per target token), val_accuracy, and bits_per_char for text."""
+    """val_loss (nats per target token), val_accuracy; for byte-level text
+    val_bits_per_char, for subword text val_bits_per_byte (the loss per token over the
+    validation documents' UTF-8 bytes per token: comparable with a byte-level model's
+    bits per character on the same documents)."""
     loss, accuracy = _score(model, task.eval_batches(batch_size, n_batches))
     out = {"val_loss": loss, "val_accuracy": accuracy}
     if task.metric == "bits_per_char":
         out["val_bits_per_char"] = loss / math.log(2)
+    elif hasattr(task, "val_bytes_per_token"):
+        out["val_bits_per_byte"] = loss / task.val_bytes_per_token() / math.log(2)
     return out
 
 

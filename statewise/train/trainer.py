@@ -349,4 +349,6 @@ def _describe(record: dict[str, Any]) -> str:
     text = f"step {record['step']}: loss {record['loss']:.4f}, val_loss {record['val_loss']:.4f}"
     if "val_bits_per_char" in record:
         text += f" ({record['val_bits_per_char']:.3f} bits/char)"
+    if "val_bits_per_byte" in record:
+        text += f" ({record['val_bits_per_byte']:.3f} bits/byte)"
     return text + f", val_accuracy {record['val_accuracy']:.3f}"

@@ -84,3 +84,38 @@ def test_vocab_size_bounds(tmp_path):
     (tmp_path / "t.txt").write_text("abc")
     with pytest.raises(ValueError, match="vocab-size"):
         train_bpe([str(tmp_path / "t.txt")], 100)
+
+
+def test_bits_per_byte_divides_by_the_validation_documents_bytes_per_token(bpe, tmp_path):
+    """val_bits_per_byte of a subword task = val_loss / ln 2 / (UTF-8 bytes of the held-out
+    documents / their tokens), counted here from the documents themselves."""
+    import math
+
+    import torch
+
+    from statewise.tasks.text import build_text_task
+    from statewise.train.evaluate import evaluate
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    texts = [f"{TEXTS[i % 3]} document {i} " * (3 + i % 4) for i in range(20)]
+    for i, text in enumerate(texts):
+        (docs / f"{i:02d}.txt").write_text(text)
+    task = build_text_task("lm", str(docs), 8, 0.2, 0, bpe)
+    val_text = bpe.decode(task.val_stream().tolist())
+    held_out = [t for t in texts if t in val_text]  # each document's text is unique
+    assert 0 < len(held_out) < len(texts)
+    n_bytes = sum(len(t.encode("utf-8")) for t in held_out)
+    assert n_bytes == len(val_text.encode("utf-8"))
+    n_tokens = task.val_stream().numel()
+    assert task.val_bytes_per_token() == pytest.approx(n_bytes / n_tokens)
+    assert 1 < task.val_bytes_per_token() < 8  # merges shorten the text
+
+    class Uniform(torch.nn.Module):  # loss ln V per token, whatever the input
+        def forward(self, ids, resets=None):
+            return torch.zeros(*ids.shape, bpe.vocab_size)
+
+    record = evaluate(Uniform(), task, 4, 2)
+    assert record["val_loss"] == pytest.approx(math.log(bpe.vocab_size))
+    bits = math.log2(bpe.vocab_size) / task.val_bytes_per_token()
+    assert record["val_bits_per_byte"] == pytest.approx(bits)
