@@ -48,11 +48,15 @@ def _import_ray() -> Any:
 
 
 @contextlib.contextmanager
-def _variables(values: dict[str, str]) -> Iterator[None]:
-    """``values`` set in os.environ (where the user has not set them) for the block."""
+def environment(values: dict[str, str], override: bool = False) -> Iterator[None]:
+    """``values`` set in os.environ for the block (without ``override``, only where the
+    user has not set them), and os.environ as it was afterwards."""
     saved = {name: os.environ.get(name) for name in values}
     for name, value in values.items():
-        os.environ.setdefault(name, value)
+        if override:
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
     try:
         yield
     finally:
@@ -67,7 +71,7 @@ def start_local_ray(num_cpus: int | None = None) -> Any:
     """Start a Ray instance on this machine with ``num_cpus`` CPUs (default: all of them),
     no dashboard, bound to 127.0.0.1 when this call is the first import of ray in the
     process, usage statistics off; returns the ray module. The caller shuts it down."""
-    with _variables(LOCAL_VARIABLES), _signal_handlers_kept():  # the processes inherit them
+    with environment(LOCAL_VARIABLES), _signal_handlers_kept():  # the processes inherit them
         ray = _import_ray()
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,
@@ -173,7 +177,7 @@ def ray_executor(
     # so must a driver that joins a cluster on loopback, or it seeks the GCS at the
     # machine's address and waits for ever
     loopback = address is None or _on_loopback(address)
-    with _variables(LOCAL_VARIABLES) if loopback else contextlib.nullcontext():
+    with environment(LOCAL_VARIABLES) if loopback else contextlib.nullcontext():
         ray = _import_ray()
     started = not ray.is_initialized()
     if started and address is None:

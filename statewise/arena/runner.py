@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from statewise.arena.budget import count_params, match_d_model, model_state_floats
+from statewise.arena.executors import environment
 from statewise.arena.suites import Suite, TaskSpec
 from statewise.errors import ArgumentError, TrainingDiverged
 from statewise.fit import train_loop
@@ -482,9 +483,7 @@ def _executor(jobs: int, threads: int) -> Iterator[Executor]:
     if jobs == 1:
         yield _InlineExecutor()
         return
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
-    try:
+    with environment({name: str(threads) for name in THREAD_VARIABLES}, override=True):
         others = {p.pid for p in multiprocessing.active_children()}
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
         try:
@@ -494,12 +493,6 @@ def _executor(jobs: int, threads: int) -> Iterator[Executor]:
             _stop_workers([p for p in multiprocessing.active_children() if p.pid not in others])
             raise
         pool.shutdown()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 WORKER_GRACE_S = 10.0  # an interrupted worker's time to exit cleanly before it is killed

@@ -362,33 +362,36 @@ def _check_mask(
     mask: torch.Tensor | None, batch: int, seq_len: int, device: torch.device
 ) -> torch.Tensor | None:
     """Validate ``mask`` (B, T), True = real token; an all-True mask becomes None."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise ArgumentTypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise ArgumentTypeError(f"mask must be a bool tensor (True = real token), got {mask.dtype}")
-    if mask.shape != (batch, seq_len):
-        raise ArgumentError(f"mask must have shape {(batch, seq_len)}, got {tuple(mask.shape)}")
-    if mask.device != device:
-        raise ArgumentError(f"mask is on {mask.device}, x is on {device}")
-    return None if bool(mask.all()) else mask
+    mask = _check_flags(mask, "mask", "True = real token", batch, seq_len, device)
+    return None if mask is None or bool(mask.all()) else mask
 
 
 def _check_resets(
     resets: torch.Tensor | None, batch: int, seq_len: int, device: torch.device
 ) -> torch.Tensor | None:
     """Validate ``resets`` (B, T), True where a document starts; all-False becomes None."""
-    if resets is None:
+    meaning = "True = a new sequence starts"
+    resets = _check_flags(resets, "resets", meaning, batch, seq_len, device)
+    return resets if resets is not None and bool(resets.any()) else None
+
+
+def _check_flags(
+    flags: torch.Tensor | None,
+    name: str,
+    meaning: str,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """``flags`` checked to be None or a bool tensor (B, T) on ``device``."""
+    if flags is None:
         return None
-    if not isinstance(resets, torch.Tensor):
-        raise ArgumentTypeError(f"resets must be a torch.Tensor, got {type(resets).__name__}")
-    if resets.dtype != torch.bool:
-        raise ArgumentTypeError(
-            f"resets must be a bool tensor (True = a new sequence starts), got {resets.dtype}"
-        )
-    if resets.shape != (batch, seq_len):
-        raise ArgumentError(f"resets must have shape {(batch, seq_len)}, got {tuple(resets.shape)}")
-    if resets.device != device:
-        raise ArgumentError(f"resets is on {resets.device}, x is on {device}")
-    return resets if bool(resets.any()) else None
+    if not isinstance(flags, torch.Tensor):
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(flags).__name__}")
+    if flags.dtype != torch.bool:
+        raise ArgumentTypeError(f"{name} must be a bool tensor ({meaning}), got {flags.dtype}")
+    if flags.shape != (batch, seq_len):
+        raise ArgumentError(f"{name} must have shape {(batch, seq_len)}, got {tuple(flags.shape)}")
+    if flags.device != device:
+        raise ArgumentError(f"{name} is on {flags.device}, x is on {device}")
+    return flags

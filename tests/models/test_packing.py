@@ -42,3 +42,17 @@ def test_packed_losses_equal_each_document_alone(name):
         torch.testing.assert_close(logits[1:], model(inputs[1:]), rtol=1e-9, atol=1e-10)
         # and a packed row is not what the same tokens give unpacked (the test can fail)
         assert not torch.allclose(logits[:1, 4:], model(inputs[:1])[:, 4:])
+
+
+@pytest.mark.parametrize(
+    "resets, error",
+    [
+        (torch.zeros(2, 5, dtype=torch.long), TypeError),  # not bool
+        (torch.zeros(2, 4, dtype=torch.bool), ValueError),  # wrong length
+        ([[True] * 5] * 2, TypeError),  # not a tensor
+    ],
+)
+def test_bad_resets_name_the_argument(resets, error):
+    layer = L.get("mingru", d_model=8)
+    with pytest.raises(error, match="resets"):
+        layer(torch.randn(2, 5, 8), resets=resets)
