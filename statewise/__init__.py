@@ -9,6 +9,7 @@ model = statewise.load("runs/char_lm")        # a checkpoint directory
 from statewise import layers
 from statewise.classify import SequenceClassifier
 from statewise.forecast import Forecaster
+from statewise.infer import Engine
 from statewise.models import (
     ClassifierHead,
     ForecastHead,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassifierHead",
+    "Engine",
     "ForecastHead",
     "Forecaster",
     "LanguageModel",
