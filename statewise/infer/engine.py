@@ -36,11 +36,14 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from statewise.errors import ArgumentError, finite_number
 from statewise.infer.prefix_cache import PrefixCache
+from statewise.infer.sessions import SessionStore
+from statewise.infer.state_io import check_state
 from statewise.models import LanguageModel
 from statewise.models.sampling import check_sampling, sample_next
 from statewise.ops.tree import State, tree_leaves, tree_map
@@ -87,6 +90,11 @@ class Stream:
     done: bool = False
     finish_reason: str | None = None  # "length", "stop" or "cancelled"
     cached_tokens: int = 0  # prompt tokens whose prefill the prefix cache skipped
+    state: State | None = None  # with keep_state: the state after every token, once done
+    state_tokens: int = 0  # tokens that state has read (a session's earlier ones included)
+    session: str | None = None
+    keep_state: bool = False
+    _start: State | None = None  # a given initial state (batch 1) instead of a fresh one
     _sent: int = 0  # characters of text handed out by iteration
     _pos: int = 0  # prompt tokens read
     _slot: int = -1
@@ -136,6 +144,7 @@ class Engine:
         max_batch: int = 32,
         prefill_chunk: int = 256,
         state_cache_mb: float = 64.0,
+        session_dir: str | Path | None = None,
     ) -> None:
         if not isinstance(model, LanguageModel):
             raise ArgumentError('the engine serves language models (model.head = "lm")')
@@ -157,6 +166,7 @@ class Engine:
         self.state = model.init_state(max_batch, self.device, self.dtype)
         self._fresh = model.init_state(1, self.device, self.dtype)
         self.cache = PrefixCache(int(state_cache_mb * 2**20))
+        self.sessions = SessionStore(session_dir, model) if session_dir is not None else None
         self.max_len = _max_stream_len(model)
         self.free = list(range(max_batch))
         self.waiting: deque[Stream] = deque()
@@ -166,16 +176,43 @@ class Engine:
         self.ticks = self.prefill_tokens = self.decode_tokens = 0
 
     # ------------------------------------------------------------ requests
-    def submit(self, prompt: str | Sequence[int], **sampling: object) -> Stream:
-        """Queue a request; ``sampling`` are :class:`Sampling`'s fields. Returns its stream."""
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        state: State | None = None,
+        keep_state: bool = False,
+        session: str | None = None,
+        **sampling: object,
+    ) -> Stream:
+        """Queue a request; ``sampling`` are :class:`Sampling`'s fields. Returns its stream.
+
+        ``state``: start from this batch-1 state (a client's, checked) instead of a fresh
+        one. ``keep_state``: when done, ``stream.state`` is the state after every prompt
+        and generated token. ``session``: continue the named session of ``session_dir``
+        from its stored state (or a fresh one) and store the new state when done. A
+        request with a state of its own neither reads nor fills the prefix cache, whose
+        prefixes start from the fresh state."""
         settings = Sampling(**sampling)  # type: ignore[arg-type]
         ids = self._encode(prompt)
+        start, read_before = None, 0
+        if session is not None:
+            if self.sessions is None:
+                raise ArgumentError("sessions need a session directory (session_dir)")
+            if state is not None:
+                raise ArgumentError("give a session or a state, not both")
+            stored = self.sessions.load(session)
+            if stored is not None:
+                start, read_before = stored
+        elif state is not None:
+            start = check_state(state, self.model)
         if self.max_len is not None and len(ids) + settings.max_tokens > self.max_len:
             raise ArgumentError(
                 f"the prompt's {len(ids)} tokens and max_tokens {settings.max_tokens} exceed "
                 f"the {self.max_len} tokens this model's global attention can hold (max_len)"
             )
-        stream = Stream(self, ids, settings)
+        stream = Stream(self, ids, settings, session=session)
+        stream.keep_state = keep_state or session is not None
+        stream._start, stream.state_tokens = start, read_before
         seed = settings.seed if settings.seed is not None else secrets.randbits(63)
         stream._generator = torch.Generator().manual_seed(seed)
         stream._decoder = self.tokenizer.stream_decoder()
@@ -223,6 +260,10 @@ class Engine:
         while self.waiting and self.free:
             stream = self.waiting.popleft()
             stream._slot = self.free.pop(0)
+            if stream._start is not None:
+                self._write_slot(stream._slot, stream._start)
+                self.prefilling.append(stream)
+                continue
             boundaries = self._boundaries(len(stream.prompt))
             hit = self.cache.lookup(stream.prompt, boundaries, len(stream.prompt))
             start = hit.state if hit is not None else self._fresh
@@ -244,7 +285,8 @@ class Engine:
         self.prefill_tokens += end - stream._pos
         stream._pos = end
         whole = end == len(stream.prompt)
-        self.cache.put(stream.prompt, end, state, logits[0, -1] if whole else None)
+        if stream._start is None:
+            self.cache.put(stream.prompt, end, state, logits[0, -1] if whole else None)
         if whole:
             self.prefilling.remove(stream)
             self._emit(stream, logits[0, -1])
@@ -286,6 +328,8 @@ class Engine:
                 self.decoding.append(stream)
 
     def _finish(self, stream: Stream, reason: str) -> None:
+        if stream.keep_state and reason != "cancelled" and stream._slot >= 0:
+            self._keep_state(stream)
         stream.done, stream.finish_reason = True, reason
         for queue in (self.waiting, self.prefilling, self.decoding):
             if stream in queue:
@@ -293,6 +337,17 @@ class Engine:
         if stream._slot >= 0:
             self.free.append(stream._slot)
             stream._slot = -1
+
+    def _keep_state(self, stream: Stream) -> None:
+        """The stream's state after its last token too (which no step has read yet), kept
+        in ``stream.state`` and, for a session, stored."""
+        state = self._read_slot(stream._slot)
+        if stream.tokens:
+            _, state = self.model.step(torch.tensor([stream.tokens[-1]], device=self.device), state)
+        stream.state = state
+        stream.state_tokens += len(stream.prompt) + len(stream.tokens)
+        if stream.session is not None:
+            self.sessions.save(stream.session, state, stream.state_tokens)
 
     def _boundaries(self, n: int) -> list[int]:
         """Where a prompt of ``n`` tokens stops between prefill chunks, and its end."""

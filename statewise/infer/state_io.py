@@ -324,6 +324,13 @@ def _fit_model(
     return fitted
 
 
+def check_state(state: object, model: nn.Module) -> list[State]:
+    """A batch-1 state handed in from outside (a client, a session) checked against the
+    model's: structure, shapes, dtypes, finite values, counters (ArgumentError naming the
+    leaf otherwise); returned on the model's device."""
+    return _fit_model(state, model, _device(model))
+
+
 def _same_kinds(state: State, template: State, where: str) -> None:
     """A list where the template has a tuple (which ``_fit_tree`` lets pass) is refused:
     a saved state rebuilds the exact nesting."""
