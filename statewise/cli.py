@@ -1,4 +1,5 @@
-"""The ``statewise`` command: models, train, eval, generate, convert, bench, arena, plot.
+"""The ``statewise`` command: models, train, eval, generate, convert, bench, arena, plot,
+serve.
 
 Exit codes:
     0   done
@@ -191,7 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (train --out)")
     p.add_argument("--out", default="curves.png", metavar="FILE.png", help="default curves.png")
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a language-model checkpoint over OpenAI-compatible HTTP",
+        description="An OpenAI-compatible HTTP server (docs/serving.md) over the batching "
+        "engine; needs the extra: pip install 'statewise[serve]'. SIGTERM drains: new "
+        "requests get 503, running ones finish within --grace-s, then it exits 0.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--model-name", metavar="ID", help="the model id (default: DIR's name)")
+    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="state slots (32)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096, metavar="N", help="(4096)")
+    p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N", help="(4096)")
+    p.add_argument("--state-cache-mb", type=float, default=64.0, metavar="M", help="(64)")
+    p.add_argument("--grace-s", type=float, default=10.0, metavar="S", help="after SIGTERM (10)")
 
 
 def _backend_flag(p: argparse.ArgumentParser) -> None:
@@ -502,6 +523,36 @@ def _run_tokenizer(saved: object, config: object) -> object:
     return checkpoint_tokenizer(saved.path, config.data.tokenizer)
 
 
+def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    import math
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "statewise serve needs FastAPI and uvicorn: pip install 'statewise[serve]'"
+        ) from None
+    from statewise.serve import ServeConfig, create_app, engine_from_checkpoint, make_server
+
+    for flag, value in (
+        ("--port", args.port),
+        ("--max-batch", args.max_batch),
+        ("--max-prompt-tokens", args.max_prompt_tokens),
+        ("--max-tokens-limit", args.max_tokens_limit),
+    ):
+        if value < (0 if flag == "--port" else 1) or value > (65535 if flag == "--port" else 2**31):
+            raise UsageError(f"statewise serve: {flag} {value} is out of range")
+    for flag, value in (("--state-cache-mb", args.state_cache_mb), ("--grace-s", args.grace_s)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"statewise serve: {flag} must be a finite number >= 0, got {value}")
+    engine = engine_from_checkpoint(args.checkpoint, args.max_batch, args.state_cache_mb)
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    config = ServeConfig(name, args.max_prompt_tokens, args.max_tokens_limit, args.grace_s)
+    make_server(create_app(engine, config), args.host, args.port).run()
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.train.plot import plot_runs
 
@@ -630,4 +681,5 @@ COMMANDS = {
     "data": cmd_data,
     "tokenizer": cmd_tokenizer,
     "plot": cmd_plot,
+    "serve": cmd_serve,
 }

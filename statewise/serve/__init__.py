@@ -1,0 +1,64 @@
+"""The HTTP server over the batching engine (the optional extra ``statewise[serve]``:
+FastAPI and uvicorn). ``statewise serve --checkpoint DIR`` runs it; from Python:
+
+    engine = engine_from_checkpoint("runs/char_lm", max_batch=32)
+    app = create_app(engine, ServeConfig(model_name="char_lm"))
+    make_server(app, "127.0.0.1", 8000).run()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from statewise.errors import ArgumentError
+from statewise.infer.engine import Engine
+from statewise.serve.app import ServeConfig, ServerState, create_app
+from statewise.serve.chat import CHAT_STOP, render_chat
+from statewise.serve.server import Server, bound_port, make_server
+
+
+def engine_from_checkpoint(
+    path: str | Path,
+    max_batch: int = 32,
+    state_cache_mb: float = 64.0,
+    prefill_chunk: int = 256,
+    dtype: torch.dtype | None = None,
+) -> Engine:
+    """An engine over the newest checkpoint in ``path`` (its weights cast to ``dtype`` if
+    given) with the run's own tokenizer; ArgumentError if the run was not trained on text
+    (a char_lm or lm task)."""
+    from statewise.tasks.text import TEXT_TASKS
+    from statewise.tasks.tokenizer import checkpoint_tokenizer
+    from statewise.train import checkpoint
+
+    saved = checkpoint.read(path)
+    config = saved.config()
+    if config.data.task not in TEXT_TASKS:
+        raise ArgumentError(
+            f"{path} was trained on data.task {config.data.task!r}, not on text; serve needs "
+            "a char_lm or lm checkpoint"
+        )
+    tokenizer = checkpoint_tokenizer(saved.path, config.data.tokenizer)
+    model = saved.model()
+    return Engine(
+        model if dtype is None else model.to(dtype),
+        tokenizer,
+        max_batch=max_batch,
+        prefill_chunk=prefill_chunk,
+        state_cache_mb=state_cache_mb,
+    )
+
+
+__all__ = [
+    "CHAT_STOP",
+    "ServeConfig",
+    "Server",
+    "ServerState",
+    "bound_port",
+    "create_app",
+    "engine_from_checkpoint",
+    "make_server",
+    "render_chat",
+]
