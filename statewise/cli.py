@@ -213,6 +213,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N", help="(4096)")
     p.add_argument("--state-cache-mb", type=float, default=64.0, metavar="M", help="(64)")
     p.add_argument("--grace-s", type=float, default=10.0, metavar="S", help="after SIGTERM (10)")
+    p.add_argument(
+        "--session-dir",
+        metavar="D",
+        help='keep named sessions (a request\'s "session" field) as files in D',
+    )
 
 
 def _backend_flag(p: argparse.ArgumentParser) -> None:
@@ -546,7 +551,9 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     for flag, value in (("--state-cache-mb", args.state_cache_mb), ("--grace-s", args.grace_s)):
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"statewise serve: {flag} must be a finite number >= 0, got {value}")
-    engine = engine_from_checkpoint(args.checkpoint, args.max_batch, args.state_cache_mb)
+    engine = engine_from_checkpoint(
+        args.checkpoint, args.max_batch, args.state_cache_mb, session_dir=args.session_dir
+    )
     name = args.model_name or Path(args.checkpoint).resolve().name
     config = ServeConfig(name, args.max_prompt_tokens, args.max_tokens_limit, args.grace_s)
     make_server(create_app(engine, config), args.host, args.port).run()

@@ -25,6 +25,7 @@ def engine_from_checkpoint(
     state_cache_mb: float = 64.0,
     prefill_chunk: int = 256,
     dtype: torch.dtype | None = None,
+    session_dir: str | Path | None = None,
 ) -> Engine:
     """An engine over the newest checkpoint in ``path`` (its weights cast to ``dtype`` if
     given) with the run's own tokenizer; ArgumentError if the run was not trained on text
@@ -48,6 +49,7 @@ def engine_from_checkpoint(
         max_batch=max_batch,
         prefill_chunk=prefill_chunk,
         state_cache_mb=state_cache_mb,
+        session_dir=session_dir,
     )
 
 

@@ -19,7 +19,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from statewise.errors import ArgumentError
+from statewise.errors import ArgumentError, InputError
 from statewise.infer.engine import Engine
+from statewise.infer.state_io import decode_state_b64, encode_state_b64, model_fingerprint
 from statewise.serve.chat import CHAT_STOP, render_chat
 from statewise.serve.metrics import CONTENT_TYPE, render_metrics
 from statewise.serve.runner import Job, Runner
@@ -84,6 +85,7 @@ class ServerState:
     in_flight: int = 0
     draining: bool = False
     started: float = field(default_factory=time.time)
+    fingerprint: str = ""  # of the served model: client states must carry it
 
     def count(self, endpoint: str, status: int) -> None:
         self.requests[endpoint, status] = self.requests.get((endpoint, status), 0) + 1
@@ -131,6 +133,11 @@ class _Body(BaseModel):
     n: int | None = None
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
+    # statewise extensions: continue a named session (--session-dir), start from a state
+    # the client holds (base64 safetensors), and ask for the final state back
+    session: str | None = None
+    state: str | None = None
+    return_state: bool | None = None
 
 
 class CompletionBody(_Body):
@@ -154,7 +161,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     """The FastAPI app serving ``engine`` under ``config``. Its lifespan starts and stops
     the runner thread; ``app.state.serve`` is the :class:`ServerState`."""
     runner = Runner(engine)
-    state = ServerState(engine, runner, config)
+    state = ServerState(engine, runner, config, fingerprint=model_fingerprint(engine.model))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -240,7 +247,7 @@ async def _generate(
         raise APIError(
             503, "the server is shutting down", code="shutting_down", kind="server_error"
         )
-    sampling = _sampling(state.config, body, chat)
+    sampling = {**_sampling(state.config, body, chat), **_state_options(state, body)}
     limit = state.config.max_prompt_tokens
     if len(ids) > limit:
         raise APIError(
@@ -253,15 +260,16 @@ async def _generate(
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     try:
         job = await state.runner.submit(ids, sampling)
-    except ArgumentError as err:
-        raise APIError(400, str(err)) from None
+    except InputError as err:  # a bad session name, a session of another model, ...
+        raise APIError(400, " ".join(str(err).splitlines())) from None
     state.in_flight += 1
     state.count(endpoint, 200)
     model = state.config.model_name
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
+    returned = _returned_state(state, job) if body.return_state else None
     if body.stream:
-        events = _events(job, rid, created, model, chat, include_usage)
+        events = _events(job, rid, created, model, chat, include_usage, returned)
         return _SSEResponse(events, state, job)
     try:
         snap = await job.wait_done(request.is_disconnected, state.config.disconnect_poll_s)
@@ -289,12 +297,19 @@ async def _generate(
             "model": model,
             "choices": [choice],
             "usage": _usage(job),
+            **(returned() if returned is not None else {}),
         }
     )
 
 
 async def _events(
-    job: Job, rid: str, created: int, model: str, chat: bool, include_usage: bool
+    job: Job,
+    rid: str,
+    created: int,
+    model: str,
+    chat: bool,
+    include_usage: bool,
+    returned: Callable[[], dict[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
     """The server-sent events of one streamed completion, in OpenAI's chunk shapes."""
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -313,7 +328,8 @@ async def _events(
         yield chunk([{**choice("", None), "delta": {"role": "assistant", "content": ""}}])
     async for piece in job.pieces():
         yield chunk([choice(piece, None)])
-    yield chunk([choice(None, job.snapshot.finish_reason)])
+    extra = returned() if returned is not None else {}
+    yield chunk([choice(None, job.snapshot.finish_reason)], **extra)
     if include_usage:
         yield chunk([], usage=_usage(job))
     yield "data: [DONE]\n\n"
@@ -346,6 +362,48 @@ def _release(state: ServerState, job: Job) -> None:
     if not job.snapshot.done:
         state.runner.cancel(job)
     state.in_flight -= 1
+
+
+def _state_options(state: ServerState, body: _Body) -> dict[str, object]:
+    """The engine's session/state arguments from the statewise extensions of ``body``."""
+    options: dict[str, object] = {}
+    if body.session is not None:
+        if state.engine.sessions is None:
+            raise APIError(
+                400, "this server keeps no sessions (start it with --session-dir)", "session"
+            )
+        options["session"] = body.session
+    if body.state is not None:
+        if body.session is not None:
+            raise APIError(400, "give a session or a state, not both", param="state")
+        try:
+            options["state"], _ = decode_state_b64(
+                body.state, state.engine.model, fingerprint=state.fingerprint
+            )
+        except InputError as err:
+            raise APIError(400, " ".join(str(err).splitlines()), param="state") from None
+    if body.return_state:
+        options["keep_state"] = True
+    return options
+
+
+def _returned_state(state: ServerState, job: Job) -> Callable[[], dict[str, Any]]:
+    """Once the job is done: its final state as base64 safetensors, and the tokens read
+    (a cancelled request has none)."""
+
+    def fields() -> dict[str, Any]:
+        stream = job.stream
+        if stream is None or stream.state is None:
+            return {"state": None, "state_tokens": None}
+        text = encode_state_b64(
+            stream.state,
+            state.engine.model,
+            tokens=stream.state_tokens,
+            fingerprint=state.fingerprint,
+        )
+        return {"state": text, "state_tokens": stream.state_tokens}
+
+    return fields
 
 
 def _usage(job: Job) -> dict[str, int]:
