@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_flag(p)
     p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
+    _add_bench_serve_parser(bench)
     add_arena_parser(sub)
     add_data_parsers(sub)
 
@@ -217,6 +218,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--session-dir",
         metavar="D",
         help='keep named sessions (a request\'s "session" field) as files in D',
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "int8"),
+        default="float32",
+        help="weights of the projections: float32 (default), bfloat16, or int8 with a scale "
+        "per output channel; states stay float32 (docs/serving.md)",
     )
 
 
@@ -552,7 +560,11 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"statewise serve: {flag} must be a finite number >= 0, got {value}")
     engine = engine_from_checkpoint(
-        args.checkpoint, args.max_batch, args.state_cache_mb, session_dir=args.session_dir
+        args.checkpoint,
+        args.max_batch,
+        args.state_cache_mb,
+        session_dir=args.session_dir,
+        dtype=args.dtype,
     )
     name = args.model_name or Path(args.checkpoint).resolve().name
     config = ServeConfig(name, args.max_prompt_tokens, args.max_tokens_limit, args.grace_s)
@@ -587,6 +599,8 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.bench.machine import measure_machine
     from statewise.bench.speed import resolve_backends
 
+    if args.bench_command == "serve":
+        return _bench_serve(args)
     cmd = f"statewise bench {args.bench_command}"
     if args.repeats <= 0:
         raise UsageError(f"{cmd}: --repeats must be >= 1, got {args.repeats}")
@@ -607,6 +621,57 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _add_bench_serve_parser(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser(
+        "serve",
+        help="load-test statewise serve: tokens/s, latency and memory per stream at several "
+        "concurrencies, prefix cache, churn, transformers' generate (docs/serving.md)",
+    )
+    p.add_argument("--layers", metavar="A,B,...", help="default: mingru,lstm,mamba,rwkv")
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--concurrency", metavar="C1,C2,...", default="1,8,32,128")
+    p.add_argument("--requests-per-stream", type=int, default=2, metavar="N")
+    p.add_argument("--max-tokens", type=int, default=64, metavar="M")
+    p.add_argument("--prompt-tokens", type=int, default=16, metavar="P")
+    p.add_argument("--server-threads", type=int, default=1, metavar="T", help="OMP threads (1)")
+    p.add_argument("--time-cap-s", type=float, default=60.0, help="per phase (60)")
+    p.add_argument("--churn-requests", type=int, default=500, metavar="N")
+    p.add_argument("--cache-prompt-tokens", type=int, default=2048, metavar="N")
+    p.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
+    p.add_argument("--quick", action="store_true", help="a small run (d_model 64, 2 layers)")
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    """``statewise bench serve``: check the options, run, print the table."""
+    from statewise.bench.serve import Options, format_report, run_serve_bench
+
+    cmd = "statewise bench serve"
+    if args.json and not Path(args.json).parent.is_dir():
+        raise UsageError(f"{cmd}: {args.json}: no directory {Path(args.json).parent}")
+    opts = Options.quick() if args.quick else Options()
+    if not args.quick:
+        opts.d_model, opts.n_layers = args.d_model, args.n_layers
+        opts.concurrency = _csv(args.concurrency, "--concurrency", int, cmd)
+        opts.requests_per_stream, opts.max_tokens = args.requests_per_stream, args.max_tokens
+        opts.prompt_tokens, opts.time_cap_s = args.prompt_tokens, args.time_cap_s
+        opts.churn_requests = args.churn_requests
+        opts.cache_prompt_tokens = args.cache_prompt_tokens
+    if args.layers:
+        opts.layers = _csv(args.layers, "--layers", str, cmd)
+    opts.server_threads, opts.hf = args.server_threads, not args.no_hf
+    try:
+        opts.check()
+    except ArgumentError as err:
+        raise UsageError(f"{cmd}: {err}") from None
+    result = run_serve_bench(opts)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 1 if any("error" in layer for layer in result["layers"]) else 0
 
 
 def _bench_speed(args: argparse.Namespace, backends: list[str]) -> Callable:

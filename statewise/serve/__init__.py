@@ -24,12 +24,14 @@ def engine_from_checkpoint(
     max_batch: int = 32,
     state_cache_mb: float = 64.0,
     prefill_chunk: int = 256,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     session_dir: str | Path | None = None,
 ) -> Engine:
-    """An engine over the newest checkpoint in ``path`` (its weights cast to ``dtype`` if
-    given) with the run's own tokenizer; ArgumentError if the run was not trained on text
-    (a char_lm or lm task)."""
+    """An engine over the newest checkpoint in ``path`` with the run's own tokenizer;
+    ArgumentError if the run was not trained on text (a char_lm or lm task). ``dtype``:
+    "float32", "bfloat16" or "int8" (or those torch dtypes) store the weights so for
+    serving (statewise.infer.quantize.quantize_for_serving); torch.float64 casts the whole
+    model (tests); None leaves the checkpoint as it is."""
     from statewise.tasks.text import TEXT_TASKS
     from statewise.tasks.tokenizer import checkpoint_tokenizer
     from statewise.train import checkpoint
@@ -43,8 +45,14 @@ def engine_from_checkpoint(
         )
     tokenizer = checkpoint_tokenizer(saved.path, config.data.tokenizer)
     model = saved.model()
+    if dtype == torch.float64:
+        model = model.to(dtype)
+    elif dtype is not None:
+        from statewise.infer.quantize import quantize_for_serving
+
+        model = quantize_for_serving(model, dtype)
     return Engine(
-        model if dtype is None else model.to(dtype),
+        model,
         tokenizer,
         max_batch=max_batch,
         prefill_chunk=prefill_chunk,

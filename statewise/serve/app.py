@@ -5,6 +5,7 @@
     GET  /v1/models             the one model served
     GET  /health                {"status": "ok"} (503 {"status": "draining"} after SIGTERM)
     GET  /metrics               Prometheus text (statewise.serve.metrics)
+    GET  /                      the playground page (statewise/serve/static)
 
 A request is checked in full before it reaches the engine; a bad one gets a 4xx with an
 OpenAI-style body ``{"error": {"message", "type", "param", "code"}}`` and touches no other
@@ -25,7 +26,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -190,6 +197,16 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         kind = "invalid_request_error" if err.status_code < 500 else "server_error"
         message = f"{request.method} {request.url.path}: {err.detail}"
         return await _api_error(request, APIError(err.status_code, message, kind=kind))
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(_static_file("playground.html"), headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise APIError(404, f"GET /static/{name}: Not Found")
+        return Response(_static_file(name), media_type=STATIC_TYPES[name], headers=PAGE_HEADERS)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -507,3 +524,22 @@ def _short(value: object) -> str:
         return str(value)
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------- the playground
+# The page's files (statewise/serve/static) and their types. Its Content-Security-Policy
+# lets it load and call nothing but this server.
+STATIC_TYPES = {
+    "playground.js": "text/javascript; charset=utf-8",
+    "playground.css": "text/css; charset=utf-8",
+}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+def _static_file(name: str) -> bytes:
+    from importlib import resources
+
+    return (resources.files("statewise.serve") / "static" / name).read_bytes()
