@@ -71,7 +71,11 @@ def test_quick_run_measures_every_phase_and_loses_nothing(tmp_path, capsys) -> N
     assert churn["cancelled_by_client"] == left
     assert churn["completed"] == opts.churn_requests - left
     assert churn["lost"] == churn["errors"] == churn["mismatched"] == 0
-    assert churn["server_finished"]["length"] == churn["completed"]
+    # a client that leaves after its first piece may leave after the server has already
+    # finished its few tokens: the server then counts it "length", not "cancelled"
+    finished = churn["server_finished"]
+    assert finished.get("length", 0) + finished.get("cancelled", 0) == opts.churn_requests
+    assert finished.get("length", 0) >= churn["completed"]
     assert churn["running_after"] == churn["waiting_after"] == 0
     assert churn["checked"] > 0 and churn["rss_back_to_idle"] is True
     verdicts = {t["target"]: t for t in result["targets"]}
