@@ -630,16 +630,17 @@ def _add_bench_serve_parser(bench: argparse._SubParsersAction) -> None:
         "concurrencies, prefix cache, churn, transformers' generate (docs/serving.md)",
     )
     p.add_argument("--layers", metavar="A,B,...", help="default: mingru,lstm,mamba,rwkv")
-    p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--concurrency", metavar="C1,C2,...", default="1,8,32,128")
-    p.add_argument("--requests-per-stream", type=int, default=2, metavar="N")
-    p.add_argument("--max-tokens", type=int, default=64, metavar="M")
-    p.add_argument("--prompt-tokens", type=int, default=16, metavar="P")
+    # sizes: None = Options()'s default (512, 4, 1,8,32,128, 2, 64, 16, 60, 500, 2048)
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--n-layers", type=int)
+    p.add_argument("--concurrency", metavar="C1,C2,...")
+    p.add_argument("--requests-per-stream", type=int, metavar="N")
+    p.add_argument("--max-tokens", type=int, metavar="M")
+    p.add_argument("--prompt-tokens", type=int, metavar="P")
     p.add_argument("--server-threads", type=int, default=1, metavar="T", help="OMP threads (1)")
-    p.add_argument("--time-cap-s", type=float, default=60.0, help="per phase (60)")
-    p.add_argument("--churn-requests", type=int, default=500, metavar="N")
-    p.add_argument("--cache-prompt-tokens", type=int, default=2048, metavar="N")
+    p.add_argument("--time-cap-s", type=float, help="per phase (60)")
+    p.add_argument("--churn-requests", type=int, metavar="N")
+    p.add_argument("--cache-prompt-tokens", type=int, metavar="N")
     p.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     p.add_argument("--quick", action="store_true", help="a small run (d_model 64, 2 layers)")
@@ -652,14 +653,27 @@ def _bench_serve(args: argparse.Namespace) -> int:
     cmd = "statewise bench serve"
     if args.json and not Path(args.json).parent.is_dir():
         raise UsageError(f"{cmd}: {args.json}: no directory {Path(args.json).parent}")
+    sizes = (
+        "d_model",
+        "n_layers",
+        "concurrency",
+        "requests_per_stream",
+        "max_tokens",
+        "prompt_tokens",
+        "time_cap_s",
+        "churn_requests",
+        "cache_prompt_tokens",
+    )
+    given = [k for k in sizes if getattr(args, k) is not None]
+    if args.quick and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UsageError(f"{cmd}: --quick sets the sizes itself; leave out {flags}")
     opts = Options.quick() if args.quick else Options()
-    if not args.quick:
-        opts.d_model, opts.n_layers = args.d_model, args.n_layers
-        opts.concurrency = _csv(args.concurrency, "--concurrency", int, cmd)
-        opts.requests_per_stream, opts.max_tokens = args.requests_per_stream, args.max_tokens
-        opts.prompt_tokens, opts.time_cap_s = args.prompt_tokens, args.time_cap_s
-        opts.churn_requests = args.churn_requests
-        opts.cache_prompt_tokens = args.cache_prompt_tokens
+    for key in given:
+        value = getattr(args, key)
+        if key == "concurrency":
+            value = _csv(value, "--concurrency", int, cmd)
+        setattr(opts, key, value)
     if args.layers:
         opts.layers = _csv(args.layers, "--layers", str, cmd)
     opts.server_threads, opts.hf = args.server_threads, not args.no_hf

@@ -24,6 +24,10 @@ class SessionStore:
     """The sessions of one model in directory ``root`` (created when first written)."""
 
     def __init__(self, root: str | Path, model: nn.Module) -> None:
+        if not str(root).strip():  # Path("") is the working directory: never meant
+            raise ArgumentError("the session directory is empty: name a directory")
+        if Path(root).exists() and not Path(root).is_dir():
+            raise ArgumentError(f"the session directory {str(root)!r} is a file")
         self.root, self.model = Path(root), model
         self.fingerprint = model_fingerprint(model)
 

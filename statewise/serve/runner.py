@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from statewise.infer.engine import Engine, Stream
+from statewise.infer.engine import Engine, Stream, ready_text
 from statewise.ops.tree import tree_leaves
 
 log = logging.getLogger("statewise.serve")
@@ -52,13 +52,8 @@ class Job:
     published: Snapshot = _EMPTY  # the runner's own record of what it last sent
 
     def ready_text(self) -> str:
-        """New text that no stop string can still claim: everything once done, else all
-        but the last (longest stop - 1) characters (the rule of Stream._ready_text)."""
-        snap = self.snapshot
-        end = len(snap.text)
-        if not snap.done and self.stops:
-            end -= max(len(s) for s in self.stops) - 1
-        return snap.text[self.sent : max(end, self.sent)]
+        """New text of the newest snapshot that no stop string can still claim."""
+        return ready_text(self.snapshot.text, self.sent, self.snapshot.done, self.stops)
 
     async def pieces(self) -> AsyncIterator[str]:
         """The generated text in pieces as it becomes ready, until the stream is done."""

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import encodings.utf_8
 import json
-import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 from statewise.errors import ConfigError, DataError
+from statewise.tasks.atomic import new_directory
 
 META = "statewise-tokenizer.json"
 HF_FILE = "tokenizer.json"
@@ -149,15 +148,8 @@ def install_tokenizer(tokenizer: Tokenizer, target: str | Path) -> None:
                 f"({tokenizer.identity()}); resume with the tokenizer the run started with"
             )
         return
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with new_directory(target, "the tokenizer directory") as tmp:
         tokenizer.save(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run_directory(checkpoint_path: str | Path) -> Path:

@@ -135,3 +135,9 @@ def test_options_are_checked(capsys) -> None:
     ):
         assert main(["bench", "serve", *bad]) == 2
         assert said in capsys.readouterr().err
+
+
+def test_quick_refuses_sizes_it_would_ignore(capsys) -> None:
+    assert main(["bench", "serve", "--quick", "--concurrency", "1,8", "--time-cap-s", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--concurrency" in err and "--time-cap-s" in err and "\n" not in err.strip()

@@ -84,7 +84,8 @@ def test_each_request_gets_what_it_gets_alone(name):
 def test_float32_decode_logits_batched_within_tolerance(name):
     """In float32 a batched step's GEMMs round differently from batch 1's (their blocking
     depends on the rows); the logits of a row batched with 15 others stay within 1e-5 of
-    the row alone, relative to their scale (measured: at most ~1e-6)."""
+    the row alone, relative to their scale (measured here: 2e-7 to 6e-7; the tolerance leaves
+    room for other machines' GEMM blocking and still catches a wrong row, which is O(1))."""
     model = make_model(name, torch.float32)
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, VOCAB, (16, 6), generator=g)
@@ -216,4 +217,6 @@ def test_global_attention_refuses_a_request_past_its_cache():
     engine = Engine(make_model("attention", layer_kwargs={"max_len": 16}), state_cache_mb=0)
     with pytest.raises(ArgumentError, match="max_len"):
         engine.submit(list(range(10)), max_tokens=8)
-    assert len(engine.submit(list(range(10)), max_tokens=6).result()) >= 0
+    fits = engine.submit(list(range(10)), max_tokens=6)  # 16 tokens: exactly max_len
+    fits.result()
+    assert len(fits.tokens) == 6 and fits.finish_reason == "length"

@@ -69,6 +69,11 @@ def test_bad_sessions_and_states_are_refused(tmp_path):
         engine.submit([1], state=make_model("lstm").init_state(1), **GREEDY)
     with pytest.raises(ArgumentError, match="session_dir"):
         Engine(model).submit([1], session="a", **GREEDY)
+    with pytest.raises(ArgumentError, match="session directory is empty"):
+        Engine(model, session_dir="")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ArgumentError, match="is a file"):
+        Engine(model, session_dir=tmp_path / "file")
     other = Engine(_other(), session_dir=tmp_path)
     other.submit([1, 2], session="theirs", **GREEDY).result()
     with pytest.raises((ArgumentError, CheckpointError), match="another model"):
