@@ -185,8 +185,12 @@ def _train(
 
     model.train()
     net = distributed.wrap(model, world)  # DDP under torchrun: gradients averaged over ranks
-    bar = make_progress(
-        tc.steps, start, f"{config.model.layer} {config.data.task}", enabled=progress
+    bar = make_progress(  # under torchrun only rank 0 shows progress and messages
+        tc.steps,
+        start,
+        f"{config.model.layer} {config.data.task}",
+        enabled=progress,
+        messages=world.is_writer,
     )
     events = open_event_log(out, config.log, start, enabled=world.is_writer)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.dtype == "bfloat16")

@@ -28,7 +28,8 @@ from tests.run_dirs import metrics
 STEPS = 12
 
 
-def run(config: Path, out: Path, processes: int, *extra: str) -> None:
+def run(config: Path, out: Path, processes: int, *extra: str) -> str:
+    """Train; returns what the processes printed on stdout."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     launcher += [f"--nproc_per_node={processes}"] if processes > 1 else []
     command = (
@@ -38,6 +39,7 @@ def run(config: Path, out: Path, processes: int, *extra: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 @pytest.fixture
@@ -61,8 +63,12 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_two_processes_match_one_and_resume_exactly(tmp_path, config):
     two, one = tmp_path / "two", tmp_path / "one"
-    run(config, two, 2)
+    printed = run(config, two, 2)
     run(config, one, 1)
+    # one logger: rank 0 prints the evaluation and the summary, rank 1 nothing
+    lines = printed.splitlines()
+    assert sum(line.startswith(f"step {STEPS}: loss") for line in lines) == 1
+    assert sum(line.startswith("trained ") for line in lines) == 1
     final_two, final_one = metrics(two)[-1], metrics(one)[-1]
     assert final_two["step"] == final_one["step"] == STEPS
     assert final_two["loss"] == pytest.approx(final_one["loss"], rel=1e-4)
