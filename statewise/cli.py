@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick-machine", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
     _add_bench_serve_parser(bench)
+    _add_bench_fused_parser(bench)
     add_arena_parser(sub)
     add_data_parsers(sub)
 
@@ -225,6 +226,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         default="float32",
         help="weights of the projections: float32 (default), bfloat16, or int8 with a scale "
         "per output channel; states stay float32 (docs/serving.md)",
+    )
+    p.add_argument(
+        "--decode",
+        choices=("auto", "fused", "torch"),
+        default="auto",
+        help="decode step: the fused numba step up to the batch size where PyTorch's is "
+        "faster, measured at start (auto, default), always fused, or always PyTorch",
     )
 
 
@@ -565,7 +573,9 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
         args.state_cache_mb,
         session_dir=args.session_dir,
         dtype=args.dtype,
+        decode=args.decode,
     )
+    print(f"statewise serve: {engine.decode_path.describe()}", file=sys.stderr, flush=True)
     name = args.model_name or Path(args.checkpoint).resolve().name
     config = ServeConfig(name, args.max_prompt_tokens, args.max_tokens_limit, args.grace_s)
     make_server(create_app(engine, config), args.host, args.port).run()
@@ -601,6 +611,8 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.bench_command == "serve":
         return _bench_serve(args)
+    if args.bench_command == "fused":
+        return _bench_fused(args)
     cmd = f"statewise bench {args.bench_command}"
     if args.repeats <= 0:
         raise UsageError(f"{cmd}: --repeats must be >= 1, got {args.repeats}")
@@ -644,6 +656,62 @@ def _add_bench_serve_parser(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     p.add_argument("--quick", action="store_true", help="a small run (d_model 64, 2 layers)")
+
+
+def _add_bench_fused_parser(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser(
+        "fused",
+        help="the fused decode step against the PyTorch step and the parameter read time, "
+        "and its crossover batch size (docs/serving.md)",
+    )
+    p.add_argument("--layers", metavar="A,B,...", help="default: the layers with a fused step")
+    p.add_argument("--d-model", type=int, default=512, help="(512)")
+    p.add_argument("--n-layers", type=int, default=4, help="(4)")
+    p.add_argument("--threads", type=int, default=1, help="torch and numba threads (1)")
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch timed (32)")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls per number (15)")
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
+    p.add_argument("--quick", action="store_true", help="the tests' small run")
+
+
+def _bench_fused(args: argparse.Namespace) -> int:
+    from statewise.bench.fused import Options, format_report, run_fused_bench
+
+    cmd = "statewise bench fused"
+    if args.json and not Path(args.json).parent.is_dir():
+        raise UsageError(f"{cmd}: {args.json}: no directory {Path(args.json).parent}")
+    if args.quick:
+        opts = Options.quick()
+    else:
+        for flag in ("d_model", "n_layers", "threads", "max_batch", "repeats"):
+            if getattr(args, flag) < 1:
+                raise UsageError(f"{cmd}: --{flag.replace('_', '-')} must be >= 1")
+        opts = Options(
+            d_model=args.d_model,
+            n_layers=args.n_layers,
+            threads=args.threads,
+            max_batch=args.max_batch,
+            repeats=args.repeats,
+        )
+    if args.layers:
+        opts.layers = tuple(_csv(args.layers, "--layers", str, cmd))
+    _check_fusable_layers(opts.layers, cmd)
+    result = run_fused_bench(opts)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _check_fusable_layers(names: tuple[str, ...], cmd: str) -> None:
+    from statewise import layers
+    from statewise.infer.fused import fused_layer_names
+
+    for name in names:
+        if name not in layers.names():
+            raise UsageError(f"{cmd}: unknown layer {name!r}")
+        if name not in fused_layer_names():
+            raise UsageError(f"{cmd}: layer {name!r} has no fused decode step")
 
 
 def _bench_serve(args: argparse.Namespace) -> int:

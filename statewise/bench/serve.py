@@ -440,6 +440,7 @@ def bench_layer(opts: Options, layer: str, workdir: Path, log: Any) -> dict[str,
     with serve_checkpoint(ckpt, opts.server_threads, max_batch, max_prompt, workdir) as server:
         idle = server.metrics()
         result["state_bytes_per_stream"] = int(idle["statewise_slot_state_bytes"])
+        result["fused_decode_max_batch"] = int(idle["statewise_fused_decode_max_batch"])
         result["rss_start_mib"] = _mib(server.rss())
         # warm-up: the first requests pay for lazy initialisation and compilation
         warm = prompts.jobs(2, opts.prompt_tokens, opts.max_tokens)
@@ -815,6 +816,7 @@ def format_report(result: dict[str, Any]) -> str:
         "state KiB/stream",
         "RSS MiB",
         "mixed",
+        "fused up to",
     ]
     rows = []
     for layer in result["layers"]:
@@ -835,12 +837,14 @@ def format_report(result: dict[str, Any]) -> str:
                     _kib(layer["state_bytes_per_stream"]),
                     _f(r.get("rss_peak_mib")),
                     f"{r['mismatched']}/{r['checked']}" if "checked" in r else "-",
+                    str(layer.get("fused_decode_max_batch", "-")),
                 ]
             )
     if rows:
         lines += [
             "times in ms; ITL: gaps between streamed pieces; mixed: sampled streams "
-            "differing from the non-streamed answer",
+            "differing from the non-streamed answer; fused up to: the server runs decode "
+            "steps of up to this many rows fused (statewise serve --decode auto)",
             *_table(header, rows),
             "",
         ]

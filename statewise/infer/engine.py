@@ -23,10 +23,17 @@ for ``max_batch`` streams. Each tick (:meth:`Engine.step`):
 A request that finishes (max_tokens, a stop string) frees its slot at once; nothing pads
 and nothing waits for the batch to drain.
 
+The decode step runs fused (numba kernels per row, statewise.infer.fused) or as the
+batched PyTorch ``model.step``, by batch size: ``decode="auto"`` measures both on the model
+when the engine is made and runs the fused step up to the batch size where PyTorch's GEMMs
+overtake it (statewise.infer.decode_path); ``"fused"`` and ``"torch"`` force one path.
+
 Batch invariance: every step of a request's own arithmetic is the same alone or in a
-batch except the decode step's GEMMs, whose blocking (and so rounding) depends on the
-number of rows: 2e-7 to 6e-7 relative in float32 here. In float64 that rounding is
-~1e-16 and a request's tokens are the same alone or among many (tests/infer/test_engine.py).
+batch except the PyTorch decode step's GEMMs, whose blocking (and so rounding) depends on
+the number of rows: 2e-7 to 6e-7 relative in float32 here. In float64 that rounding is
+~1e-16, and the fused step has none (each row's dot products run on their own), so with
+float64 weights, or with ``decode="fused"``, a request's tokens are the same alone or among
+many (tests/infer/test_engine.py).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pathlib import Path
 import torch
 
 from statewise.errors import ArgumentError, finite_number
+from statewise.infer.decode_path import choose_decode_path
 from statewise.infer.prefix_cache import PrefixCache
 from statewise.infer.sessions import SessionStore
 from statewise.infer.state_io import check_state
@@ -140,7 +148,9 @@ def ready_text(text: str, sent: int, done: bool, stops: Sequence[str]) -> str:
 class Engine:
     """Continuous batching of generation requests over ``max_batch`` state slots of a
     language model (see the module doc). ``state_cache_mb`` bounds the prefix state cache
-    (0: no cache). Thread-safe: submit and step may be called from different threads."""
+    (0: no cache). ``decode``: "auto", "fused" or "torch", the decode step's path (see
+    the module doc; ``engine.decode_path.describe()`` says what was chosen). Thread-safe:
+    submit and step may be called from different threads."""
 
     def __init__(
         self,
@@ -150,6 +160,7 @@ class Engine:
         prefill_chunk: int = 256,
         state_cache_mb: float = 64.0,
         session_dir: str | Path | None = None,
+        decode: str = "auto",
     ) -> None:
         if not isinstance(model, LanguageModel):
             raise ArgumentError('the engine serves language models (model.head = "lm")')
@@ -178,6 +189,7 @@ class Engine:
         self.prefilling: list[Stream] = []
         self.decoding: list[Stream] = []
         self.lock = threading.RLock()
+        self.decode_path = choose_decode_path(model, decode, max_batch)
         self.ticks = self.prefill_tokens = self.decode_tokens = 0
 
     # ------------------------------------------------------------ requests
@@ -301,7 +313,7 @@ class Engine:
         slots = torch.tensor([s._slot for s in streams], device=self.device)
         ids = torch.tensor([s._next for s in streams], device=self.device)
         state = tree_map(lambda t: t[slots], self.state)
-        logits, state = self.model.step(ids, state)
+        logits, state = self._step(ids, state)
         tree_map(lambda pool, new: pool.index_copy_(0, slots, new), self.state, state)
         self.decode_tokens += len(streams)
         for row, stream in enumerate(streams):
@@ -348,11 +360,18 @@ class Engine:
         in ``stream.state`` and, for a session, stored."""
         state = self._read_slot(stream._slot)
         if stream.tokens:
-            _, state = self.model.step(torch.tensor([stream.tokens[-1]], device=self.device), state)
+            _, state = self._step(torch.tensor([stream.tokens[-1]], device=self.device), state)
         stream.state = state
         stream.state_tokens += len(stream.prompt) + len(stream.tokens)
         if stream.session is not None:
             self.sessions.save(stream.session, state, stream.state_tokens)
+
+    def _step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One decode step of ``ids`` (B,) from ``state`` (the engine's own copy: the fused
+        step may update it in place), on the path chosen for B rows."""
+        if self.decode_path.uses_fused(len(ids)):
+            return self.decode_path.fused.step(ids, state, in_place=True)
+        return self.model.step(ids, state)
 
     def _boundaries(self, n: int) -> list[int]:
         """Where a prompt of ``n`` tokens stops between prefill chunks, and its end."""

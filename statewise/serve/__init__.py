@@ -26,12 +26,14 @@ def engine_from_checkpoint(
     prefill_chunk: int = 256,
     dtype: torch.dtype | str | None = None,
     session_dir: str | Path | None = None,
+    decode: str = "auto",
 ) -> Engine:
     """An engine over the newest checkpoint in ``path`` with the run's own tokenizer;
     ArgumentError if the run was not trained on text (a char_lm or lm task). ``dtype``:
     "float32", "bfloat16" or "int8" (or those torch dtypes) store the weights so for
     serving (statewise.infer.quantize.quantize_for_serving); torch.float64 casts the whole
-    model (tests); None leaves the checkpoint as it is."""
+    model (tests); None leaves the checkpoint as it is. ``decode``: the engine's decode
+    path ("auto", "fused" or "torch", see statewise.infer.decode_path)."""
     from statewise.tasks.text import TEXT_TASKS
     from statewise.tasks.tokenizer import checkpoint_tokenizer
     from statewise.train import checkpoint
@@ -58,6 +60,7 @@ def engine_from_checkpoint(
         prefill_chunk=prefill_chunk,
         state_cache_mb=state_cache_mb,
         session_dir=session_dir,
+        decode=decode,
     )
 
 

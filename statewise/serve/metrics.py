@@ -113,6 +113,12 @@ def render_metrics(
             [({}, decoding / engine.max_batch)],
         ),
         _family(
+            "statewise_fused_decode_max_batch",
+            "gauge",
+            "Decode steps of up to this many rows run fused (numba); 0: always PyTorch.",
+            [({}, engine.decode_path.fused_max_batch if engine.decode_path.fused else 0)],
+        ),
+        _family(
             "statewise_slot_state_bytes",
             "gauge",
             "Bytes of one stream's recurrent state.",

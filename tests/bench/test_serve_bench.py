@@ -48,6 +48,7 @@ def test_quick_run_measures_every_phase_and_loses_nothing(tmp_path, capsys) -> N
     (layer,) = result["layers"]
     assert layer["layer"] == "mingru" and "error" not in layer
     assert positive(layer["state_bytes_per_stream"])
+    assert 0 <= layer["fused_decode_max_batch"] <= layer["max_batch"]  # 0: PyTorch was faster
     assert [r["streams"] for r in layer["concurrency"]] == opts.concurrency
     for row in layer["concurrency"]:
         n = row["streams"] * opts.requests_per_stream

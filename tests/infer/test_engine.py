@@ -50,9 +50,35 @@ def test_each_request_gets_what_it_gets_alone(name):
     """7 requests on 3 slots, prompts of 2 to 13 tokens (1 to 3 prefill chunks), 3 to 9 new
     tokens each, 2 of them submitted only after 4 ticks: every request's tokens equal its
     tokens alone, and those equal LanguageModel.generate's (one forward over the prompt,
-    then steps) for prompts of one chunk."""
+    then steps) for prompts of one chunk. float64, on the decode path "auto" picks."""
     model = make_model(name)
-    engine = Engine(model, max_batch=3, prefill_chunk=CHUNK, state_cache_mb=0)
+    for stream, prompt, sampling in requests_alone_and_batched(model, "auto"):
+        if len(prompt) <= CHUNK:
+            reference = model.generate(
+                torch.tensor([prompt]),
+                sampling["max_tokens"],
+                sampling["temperature"],
+                sampling.get("top_k"),
+                sampling.get("top_p"),
+                sampling["seed"],
+            )
+            assert stream.tokens == reference[0, len(prompt) :].tolist()
+
+
+FUSED_LAYERS = ["mingru", "lstm", "gru", "rnn", "rglru", "mamba", "mamba2", "rwkv", "mlstm"]
+
+
+@pytest.mark.parametrize("name", FUSED_LAYERS)
+def test_fused_decode_gives_the_same_tokens_alone_or_batched_in_float32(name):
+    """Through the fused decode step, whose rows do not share arithmetic, the same holds in
+    float32 (the PyTorch step's GEMMs round by batch size there)."""
+    requests_alone_and_batched(make_model(name, torch.float32), "fused")
+
+
+def requests_alone_and_batched(model, decode: str) -> list:
+    """Runs the 7 requests (see above) batched and each alone, asserts the same tokens;
+    returns (stream, prompt, sampling) of each."""
+    engine = Engine(model, max_batch=3, prefill_chunk=CHUNK, state_cache_mb=0, decode=decode)
     cases = [
         (p, dict(SAMPLINGS[i % 2], max_tokens=3 + (2 * i) % 7, seed=100 + i))
         for i, p in enumerate(prompts(7))
@@ -65,19 +91,10 @@ def test_each_request_gets_what_it_gets_alone(name):
         pass
     for stream, (prompt, sampling) in zip(streams, cases):
         assert stream.done and stream.finish_reason == "length"
-        solo = Engine(model, max_batch=1, prefill_chunk=CHUNK, state_cache_mb=0)
+        solo = Engine(model, max_batch=1, prefill_chunk=CHUNK, state_cache_mb=0, decode=decode)
         assert stream.tokens == engine_tokens(solo, prompt, sampling)
-        if len(prompt) <= CHUNK:
-            reference = model.generate(
-                torch.tensor([prompt]),
-                sampling["max_tokens"],
-                sampling["temperature"],
-                sampling.get("top_k"),
-                sampling.get("top_p"),
-                sampling["seed"],
-            )
-            assert stream.tokens == reference[0, len(prompt) :].tolist()
     assert engine.free and sorted(engine.free) == [0, 1, 2]  # every slot back
+    return [(stream, prompt, sampling) for stream, (prompt, sampling) in zip(streams, cases)]
 
 
 @pytest.mark.parametrize("name", ["mingru", "lstm", "mamba", "retnet", "rwkv", "attention"])
