@@ -309,12 +309,21 @@ class Engine:
             self._emit(stream, logits[0, -1])
 
     def _decode(self) -> None:
-        streams = list(self.decoding)
-        slots = torch.tensor([s._slot for s in streams], device=self.device)
+        streams = sorted(self.decoding, key=lambda s: s._slot)
         ids = torch.tensor([s._next for s in streams], device=self.device)
-        state = tree_map(lambda t: t[slots], self.state)
-        logits, state = self._step(ids, state)
-        tree_map(lambda pool, new: pool.index_copy_(0, slots, new), self.state, state)
+        first, last = streams[0]._slot, streams[-1]._slot
+        if self.decode_path.uses_fused(len(streams)) and last - first + 1 == len(streams):
+            # consecutive slots (always so for one stream): the fused step updates the
+            # pool's rows in place, with no gather and no scatter
+            rows = tree_map(lambda t: t[first : last + 1], self.state)
+            logits, state = self._step(ids, rows)
+            for row, new in zip(tree_leaves(rows), tree_leaves(state)):
+                if new is not row:
+                    row.copy_(new)
+        else:
+            slots = torch.tensor([s._slot for s in streams], device=self.device)
+            logits, state = self._step(ids, tree_map(lambda t: t[slots], self.state))
+            tree_map(lambda pool, new: pool.index_copy_(0, slots, new), self.state, state)
         self.decode_tokens += len(streams)
         for row, stream in enumerate(streams):
             self._emit(stream, logits[row])

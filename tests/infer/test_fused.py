@@ -61,3 +61,20 @@ def test_refuses_what_it_cannot_run():
     training = make_model("mingru", torch.float32).train()
     with pytest.raises(ArgumentError, match="eval mode"):
         FusedDecoder(training).step(torch.tensor([1]), training.init_state(1))
+
+
+@pytest.mark.parametrize("layer", ["mingru", "mamba"])
+def test_weights_updated_in_place_are_seen(layer):
+    """The decoder reads the model's own memory (and recomputes what it derives from a
+    parameter, such as Mamba's A = -exp(A_log), when the parameter's version changes)."""
+    model = make_model(layer, torch.float64)
+    fused = FusedDecoder(model)
+    ids = torch.tensor([1, 2])
+    fused.step(ids, model.init_state(2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    state = model.init_state(2)
+    expected, _ = model.step(ids, state)
+    got, _ = fused.step(ids, state)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)

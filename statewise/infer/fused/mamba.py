@@ -105,19 +105,30 @@ def _activate_rows(values, kind):
 
 
 @numba.njit(cache=True)
-def _selective_step(c, dt_raw, a_log, b_in, c_out, d_skip, z, h, negative, y):
-    """Mamba's SSM step and output gate: h (B, E, N) in place, y (B, E) = gated output."""
+def _transition(a_log):
+    """A = -exp(A_log) (E, N)."""
+    width, n_state = a_log.shape
+    size = width * n_state
+    a_mat = np.empty((width, n_state), dtype=a_log.dtype)
+    exp_block(
+        np.ascontiguousarray(a_log).reshape(size), a_mat.reshape(size), np.empty(size, np.int64)
+    )
+    for e in range(width):
+        for n in range(n_state):
+            a_mat[e, n] = -a_mat[e, n]
+    return a_mat
+
+
+@numba.njit(cache=True)
+def _selective_step(c, dt_raw, a_mat, b_in, c_out, d_skip, z, h, negative, y):
+    """Mamba's SSM step and output gate: h (B, E, N) in place, y (B, E) = gated output;
+    a_mat = A (E, N)."""
     rows, width = c.shape
-    n_state = a_log.shape[1]
+    n_state = a_mat.shape[1]
     size = width * n_state
     arg = np.empty((width, n_state), dtype=h.dtype)  # dt A of one row
     decay = np.empty((width, n_state), dtype=h.dtype)  # exp(dt A)
     bits = np.empty(size, dtype=np.int64)
-    a_mat = np.empty((width, n_state), dtype=h.dtype)  # A = -exp(A_log), for every row
-    exp_block(np.ascontiguousarray(a_log).reshape(size), a_mat.reshape(size), bits)
-    for e in range(width):
-        for n in range(n_state):
-            a_mat[e, n] = -a_mat[e, n]
     one = h.dtype.type(1)
     dt = np.empty(width, dtype=h.dtype)
     for b in range(rows):
@@ -196,6 +207,15 @@ def _gated_rms_norm(y, z, weight, n_groups, eps, out):
 def mamba_stepper(mixer: Mamba) -> Stepper:
     inner, n, rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
     kind = activation_code(mixer.activation)
+    kept: dict[str, object] = {}
+
+    def transition() -> np.ndarray:
+        """A, computed again only when A_log's storage or version (in-place updates)
+        changed since the last step."""
+        key = (mixer.A_log.data_ptr(), mixer.A_log._version)
+        if kept.get("key") != key:
+            kept["key"], kept["A"] = key, _transition(array(mixer.A_log))
+        return kept["A"]
 
     def step(u: np.ndarray, state: State, x: np.ndarray) -> State:
         window, h = array(state["conv"]), array(state["ssm"])
@@ -209,7 +229,7 @@ def mamba_stepper(mixer: Mamba) -> Stepper:
         _selective_step(
             c,
             dt,
-            array(mixer.A_log),
+            transition(),
             rbc[:, rank : rank + n],
             rbc[:, rank + n :],
             array(mixer.D),
