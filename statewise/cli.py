@@ -216,6 +216,20 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-cache-mb", type=float, default=64.0, metavar="M", help="(64)")
     p.add_argument("--grace-s", type=float, default=10.0, metavar="S", help="after SIGTERM (10)")
     p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="requests that may wait for a free slot; more get 429 (1024)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=64.0,
+        metavar="M",
+        help="largest request body; larger ones get 413 (64)",
+    )
+    p.add_argument(
         "--session-dir",
         metavar="D",
         help='keep named sessions (a request\'s "session" field) as files in D',
@@ -561,12 +575,15 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
         ("--max-batch", args.max_batch),
         ("--max-prompt-tokens", args.max_prompt_tokens),
         ("--max-tokens-limit", args.max_tokens_limit),
+        ("--max-waiting", args.max_waiting),
     ):
         if value < (0 if flag == "--port" else 1) or value > (65535 if flag == "--port" else 2**31):
             raise UsageError(f"statewise serve: {flag} {value} is out of range")
     for flag, value in (("--state-cache-mb", args.state_cache_mb), ("--grace-s", args.grace_s)):
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"statewise serve: {flag} must be a finite number >= 0, got {value}")
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):
+        raise UsageError(f"statewise serve: --max-body-mb must be > 0, got {args.max_body_mb}")
     engine = engine_from_checkpoint(
         args.checkpoint,
         args.max_batch,
@@ -577,7 +594,14 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     )
     print(f"statewise serve: {engine.decode_path.describe()}", file=sys.stderr, flush=True)
     name = args.model_name or Path(args.checkpoint).resolve().name
-    config = ServeConfig(name, args.max_prompt_tokens, args.max_tokens_limit, args.grace_s)
+    config = ServeConfig(
+        name,
+        args.max_prompt_tokens,
+        args.max_tokens_limit,
+        args.grace_s,
+        max_waiting=args.max_waiting,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+    )
     make_server(create_app(engine, config), args.host, args.port).run()
     return 0
 

@@ -70,14 +70,18 @@ UNSUPPORTED = {
 @dataclass
 class ServeConfig:
     """What the server allows: the model id it answers to, the longest prompt in tokens,
-    the largest max_tokens, the grace period after SIGTERM, and how often a non-streaming
-    request checks that its client is still there."""
+    the largest max_tokens, the grace period after SIGTERM, how often a non-streaming
+    request checks that its client is still there, how many requests may wait for a state
+    slot (more get 429), and the largest request body in bytes (a larger one gets 413;
+    the default leaves room for client-held states, a few MiB each in base64)."""
 
     model_name: str
     max_prompt_tokens: int = 4096
     max_tokens_limit: int = 4096
     grace_s: float = 10.0
     disconnect_poll_s: float = 0.5
+    max_waiting: int = 1024
+    max_body_bytes: int = 64 * 2**20
 
 
 @dataclass
@@ -121,6 +125,57 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
         return JSONResponse({"error": body}, status_code=self.status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before any handler reads
+    it: at once when its Content-Length says so, else (a chunked body) as soon as the
+    bytes received pass the limit; the body read so far is replayed to the app."""
+
+    def __init__(self, app: Any, max_bytes: int, state: ServerState) -> None:
+        self.app, self.max_bytes, self.state = app, max_bytes, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, send)
+            return
+        if length is not None or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        path = scope["path"]
+        self.state.count(path, 413)
+        err = APIError(
+            413,
+            f"the request body is over this server's limit of {self.max_bytes} bytes "
+            "(--max-body-mb)",
+            code="request_too_large",
+        )
+        await err.response()(scope, _no_body, send)
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 # ----------------------------------------------------------------- request bodies
@@ -182,6 +237,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="statewise", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.serve = state
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, state=state)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
@@ -263,6 +319,15 @@ async def _generate(
     if state.draining:
         raise APIError(
             503, "the server is shutting down", code="shutting_down", kind="server_error"
+        )
+    waiting = len(state.engine.waiting) + state.runner.queued
+    if waiting >= state.config.max_waiting:
+        raise APIError(
+            429,
+            f"the server is busy: {waiting} requests are waiting for a slot (--max-waiting "
+            f"{state.config.max_waiting}); retry later",
+            code="server_busy",
+            kind="server_error",
         )
     sampling = {**_sampling(state.config, body, chat), **_state_options(state, body)}
     limit = state.config.max_prompt_tokens

@@ -136,6 +136,11 @@ class Runner:
             raise
         return job
 
+    @property
+    def queued(self) -> int:
+        """Requests handed to the runner that the engine has not taken yet."""
+        return sum(1 for kind, _ in list(self._inbox) if kind == "submit")
+
     def cancel(self, job: Job) -> None:
         """Cancel ``job``'s stream and free its slot (never blocks; any thread)."""
         self._inbox.append(("cancel", job))
