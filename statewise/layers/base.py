@@ -1,11 +1,12 @@
 """The layer contract shared by every sequence mixer (see docs/contract.md).
 
-    y, state = layer(x, state=None, mask=None, resets=None)   # x: (B, T, D); y: (B, T, D)
-    y_t, state = layer.step(x_t, state)          # x_t: (B, D); O(1) time and memory
+    y, state = layer(x, state=None, mask=None, resets=None, dt=None)  # x: (B, T, D)
+    y_t, state = layer.step(x_t, state, dt=None)  # x_t: (B, D); O(1) time and memory
     state = layer.init_state(batch_size, device=None, dtype=None)
     layer.mode                                   # "auto" or one of layer.modes
 
-Subclasses set ``modes`` and implement ``_forward``, ``_step`` and ``_init_state``. This
+Subclasses set ``modes`` and implement ``_forward``, ``_step`` and ``_init_state``; a
+continuous-time layer sets ``uses_dt`` and takes ``dt`` as a keyword in both. This
 class validates everything at the public boundary, so the ops below never see a tensor
 of the wrong rank, width, dtype, device or batch size, a state of another structure, or
 NaN/inf; and it checks what comes out, so a finite input that overflows inside the layer
@@ -38,6 +39,9 @@ class SequenceMixer(nn.Module):
     # Keys of the state's leaves where -inf is a valid value rather than an overflow: the
     # running maximum of an empty prefix (Aaren's m). NaN and +inf are refused everywhere.
     state_neg_inf: tuple[str, ...] = ()
+    # Continuous-time layers (CfC, LTC) read the time since the previous token, ``dt``;
+    # every other layer refuses a dt rather than ignore it silently.
+    uses_dt: bool = False
 
     def __init__(self, d_model: int, mode: str = "auto") -> None:
         super().__init__()
@@ -75,26 +79,33 @@ class SequenceMixer(nn.Module):
         state: State | None = None,
         mask: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
+        dt: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
         """y (B, T, D) and the final state. ``mask`` (B, T): True = real token, padding
         carries the state through. ``resets`` (B, T): True where a new document starts in a
-        packed row; the state before that token is the initial state (layers.segments)."""
+        packed row; the state before that token is the initial state (layers.segments).
+        ``dt`` (B, T): the time since each token's predecessor, for layers that use it."""
         self._check_input(x, rank=3, name="x")
         batch, seq_len, _ = x.shape
         mask = _check_mask(mask, batch, seq_len, x.device)
         resets = _check_resets(resets, batch, seq_len, x.device)
+        dt = self._check_dt(dt, (batch, seq_len), x)
         given = state
         state = self._checked_state(state, batch, x)
         if resets is not None and not resets[:, 1:].any():  # documents start only at t = 0
             fresh = self.init_state(batch, x.device, x.dtype)
             state, resets = carry(resets[:, 0], fresh, state), None
         if resets is None:
-            y, final = self._forward(x, state, mask, self.resolve_mode(seq_len))
+            y, final = self._run(x, state, mask, dt)
         else:
+            # dt rides along as one more feature, so it is cut and padded exactly as x
+            inputs = x if dt is None else torch.cat([x, dt.unsqueeze(-1)], dim=-1)
             y, final = forward_in_segments(
-                lambda xs, s, m: self._forward(xs, s, m, self.resolve_mode(xs.shape[1])),
+                lambda xs, s, m: self._run(
+                    xs[..., : self.d_model], s, m, None if dt is None else xs[..., -1]
+                ),
                 lambda n: self.init_state(n, x.device, x.dtype),
-                x,
+                inputs,
                 state,
                 mask,
                 resets,
@@ -103,11 +114,27 @@ class SequenceMixer(nn.Module):
         self._check_output(y, final, x, given, name="x")
         return y, final
 
-    def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def _run(
+        self, x: torch.Tensor, state: State, mask: torch.Tensor | None, dt: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        mode = self.resolve_mode(x.shape[1])
+        if self.uses_dt:
+            return self._forward(x, state, mask, mode, dt=dt)
+        return self._forward(x, state, mask, mode)
+
+    def step(
+        self, x_t: torch.Tensor, state: State | None = None, dt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """One token x_t (B, D) -> y_t (B, D) and the new state; ``dt`` (B,) the time since
+        the previous token, for layers that use it."""
         self._check_input(x_t, rank=2, name="x_t")
+        dt = self._check_dt(dt, (x_t.shape[0],), x_t)
         given = state
         state = self._checked_state(state, x_t.shape[0], x_t)
-        y_t, final = self._step(x_t, state)
+        if self.uses_dt:
+            y_t, final = self._step(x_t, state, dt=dt)
+        else:
+            y_t, final = self._step(x_t, state)
         y_t, final = self._at_boundary(y_t, final, x_t)
         self._check_output(y_t, final, x_t, given, name="x_t")
         return y_t, final
@@ -158,6 +185,32 @@ class SequenceMixer(nn.Module):
         return y.to(x.dtype), tree_map(lambda t, ref: t.to(ref.dtype), final, template)
 
     # ----------------------------------------------------------- checks
+    def _check_dt(
+        self, dt: torch.Tensor | None, shape: tuple[int, ...], x: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``dt`` checked: None, or (for a layer that uses it) a floating tensor of
+        ``shape`` on x's device with finite values >= 0, in x's dtype."""
+        if dt is None:
+            return None
+        if not self.uses_dt:
+            raise ArgumentError(
+                f"{type(self).__name__} is a discrete-time layer and takes no dt (time "
+                "deltas); leave dt None, or use a continuous-time layer"
+            )
+        if not isinstance(dt, torch.Tensor):
+            raise ArgumentTypeError(f"dt must be a torch.Tensor, got {type(dt).__name__}")
+        if not dt.is_floating_point():
+            raise ArgumentTypeError(f"dt must be a floating tensor, got {dt.dtype}")
+        if tuple(dt.shape) != shape:
+            raise ArgumentError(f"dt must have shape {shape}, got {tuple(dt.shape)}")
+        if dt.device != x.device:
+            raise ArgumentError(f"dt is on {dt.device}, x is on {x.device}")
+        if not bool(torch.isfinite(dt).all()):
+            raise NonFiniteError("dt holds NaN or inf; it must be finite")
+        if bool((dt < 0).any()):
+            raise ArgumentError("dt must be >= 0 (the time since the previous token)")
+        return dt.to(x.dtype)
+
     def _reference_tensor(self) -> torch.Tensor:
         for p in self.parameters():
             if p.is_floating_point():

@@ -87,12 +87,15 @@ class Block(nn.Module):
         state: State | None = None,
         mask: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
+        dt: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
-        y, state = self.mixer(self.norm_1(x), state, mask, resets)
+        y, state = self.mixer(self.norm_1(x), state, mask, resets, dt)
         return self._finish(x + self.dropout(y)), state
 
-    def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        y_t, state = self.mixer.step(self.norm_1(x_t), state)
+    def step(
+        self, x_t: torch.Tensor, state: State | None = None, dt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        y_t, state = self.mixer.step(self.norm_1(x_t), state, dt)
         return self._finish(x_t + self.dropout(y_t)), state
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,21 +143,27 @@ class Backbone(nn.Module):
         state: list[State] | None = None,
         mask: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
+        dt: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[State]]:
+        """``dt`` (B, T), the time since each token's predecessor, goes to every block's
+        mixer (continuous-time layers use it; the others refuse it)."""
         state = self._check_state(state)
         new_state = []
         for block, s in zip(self.blocks, state):
-            x, s = block(self.locked_dropout(x), s, mask, resets)
+            x, s = block(self.locked_dropout(x), s, mask, resets, dt)
             new_state.append(s)
         return self.norm(self.locked_dropout(x)), new_state
 
     def step(
-        self, x_t: torch.Tensor, state: list[State] | None = None
+        self,
+        x_t: torch.Tensor,
+        state: list[State] | None = None,
+        dt: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[State]]:
         state = self._check_state(state)
         new_state = []
         for block, s in zip(self.blocks, state):
-            x_t, s = block.step(self.locked_dropout(x_t), s)
+            x_t, s = block.step(self.locked_dropout(x_t), s, dt)
             new_state.append(s)
         return self.norm(self.locked_dropout(x_t)), new_state
 
