@@ -38,6 +38,8 @@ FAMILIES = {
     "matrix": (("gateloop", "mamba2", "mlstm", "retnet", "rwkv"), 6e-2),
     # classic cells run wholly in float32 (their fused oneDNN/numba paths take float32)
     "classic": (("gru", "lstm", "rnn"), 1e-6),
+    # continuous-time cells: the whole step is the recurrence, run in float32
+    "continuous-time": (("cfc", "ltc"), 1e-6),
     # sLSTM's gates in bfloat16, its recurrence in float32: at most 1.8e-2
     "slstm": (("slstm",), 3e-2),
     # softmax attention: at most 1.3e-2

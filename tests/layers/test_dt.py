@@ -48,7 +48,14 @@ def elapsed(dt: torch.Tensor, resets: torch.Tensor | None = None) -> torch.Tenso
     return out
 
 
-@pytest.mark.parametrize("name", L.names())
+DISCRETE = [name for name in L.names() if not L.info(name).cls.uses_dt]
+
+
+def test_the_continuous_time_layers_use_dt():
+    assert sorted(set(L.names()) - set(DISCRETE)) == ["cfc", "ltc"]
+
+
+@pytest.mark.parametrize("name", DISCRETE)
 def test_discrete_layers_refuse_dt(name):
     layer = L.get(name, 8)
     with pytest.raises(ArgumentError, match="takes no dt"):

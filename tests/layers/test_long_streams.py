@@ -518,13 +518,57 @@ def bounds_aaren(layer) -> Bounds:
     return Bounds(output, state)
 
 
+def bounds_cfc(layer) -> Bounds:
+    """default: h = tanh(.)(1 - s) + s tanh(.), a convex combination: |h| <= 1; no_gate:
+    tanh(.) + s tanh(.): |h| <= 2; pure: h = A - A exp(-dt (|w_tau| + |f|)) f with dt = 1,
+    and |f| e^{-|f|} <= 1/e: |h| <= |A| (1 + 1/e). The output is W_o h (+ b) or h."""
+    ones = torch.ones(layer.hidden_size, dtype=torch.float64)
+    if layer.kind == "pure":
+        h_bound = _w(layer.A).abs() * (1 + math.exp(-1))
+    else:
+        h_bound = ones * (2.0 if layer.kind == "no_gate" else 1.0)
+    output = (
+        h_bound
+        if layer.out_proj is None
+        else lin(layer.out_proj.weight, h_bound, layer.out_proj.bias)
+    )
+
+    def state(s, t, x):
+        yield "h", s, h_bound
+
+    return Bounds(output, state)
+
+
+def bounds_ltc(layer) -> Bounds:
+    """Each solver unfold sets v_j to a weighted mean, with positive weights (c, softplus'd
+    conductances, sigmoids) and a denominator larger by eps, of v_j, v_leak_j and the
+    reversal potentials E_ij, E^s_sj: |v_j| <= max(|v_leak_j|, max_i |E_ij|, max_s |E^s_sj|)
+    from v_0 = 0. The output is v w_out + b_out, then W_o when hidden_size != d_model."""
+    v_bound = torch.stack(
+        [_w(layer.vleak).abs(), _w(layer.erev).abs().amax(0), _w(layer.sensory_erev).abs().amax(0)]
+    ).amax(0)
+    mapped = v_bound * _w(layer.output_w).abs() + _w(layer.output_b).abs()
+    output = (
+        mapped
+        if layer.out_proj is None
+        else lin(layer.out_proj.weight, mapped, layer.out_proj.bias)
+    )
+
+    def state(s, t, x):
+        yield "v", s, v_bound
+
+    return Bounds(output, state)
+
+
 BOUNDS: dict[str, Callable[[SequenceMixer], Bounds]] = {
     "aaren": bounds_aaren,
+    "cfc": bounds_cfc,
     "gateloop": bounds_gateloop,
     "gru": bounds_tanh_cell,
     "hgrn": bounds_hgrn,
     "lru": bounds_lru,
     "lstm": bounds_lstm,
+    "ltc": bounds_ltc,
     "mamba": bounds_mamba,
     "mamba2": bounds_mamba2,
     "mingru": bounds_min_rnn,
