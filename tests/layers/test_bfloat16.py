@@ -35,7 +35,7 @@ FAMILIES = {
         2e-2,
     ),
     # matrix states (chunkwise GEMMs): at most 3.6e-2 (retnet's recurrent mode)
-    "matrix": (("gateloop", "mamba2", "mlstm", "retnet", "rwkv"), 6e-2),
+    "matrix": (("gateloop", "hgrn2", "mamba2", "mlstm", "retnet", "rwkv"), 6e-2),
     # classic cells run wholly in float32 (their fused oneDNN/numba paths take float32)
     "classic": (("gru", "lstm", "rnn"), 1e-6),
     # continuous-time cells: the whole step is the recurrence, run in float32

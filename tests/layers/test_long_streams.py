@@ -368,6 +368,21 @@ def bounds_s4d(layer) -> Bounds:
 
 
 # ---------------------------------------------------------- matrix state
+def bounds_hgrn2(layer) -> Bounds:
+    """S' = diag(f) S + (1 - f) v^T per head: each row of S is a convex combination of the
+    values seen (S_0 = 0), so |S_cp| <= max |v_p|. Output W_o LayerNorm(o)."""
+    heads, d = layer.n_heads, layer.head_dim
+    v = lin(layer.i_proj.weight, X).view(heads, 1, d)
+    s_bound = v.expand(heads, d, d)
+    normed = centred_norm(layer.d_model, layer.norm.weight, layer.norm.bias)
+    output = lin(layer.o_proj.weight, normed.expand(layer.d_model))
+
+    def state(s, t, x):
+        yield "kv", s["kv"], s_bound
+
+    return Bounds(output, state)
+
+
 def bounds_gateloop(layer) -> Bounds:
     """S' = diag(a) S + k^T v per head, a = sigmoid(W_a x + b) <= a_max < 1 per key channel:
     |S_cp| <= |k_c| |v_p| / (1 - a_max_c). Output W_o (silu(W_g x) LayerNorm(o))."""
@@ -566,6 +581,7 @@ BOUNDS: dict[str, Callable[[SequenceMixer], Bounds]] = {
     "gateloop": bounds_gateloop,
     "gru": bounds_tanh_cell,
     "hgrn": bounds_hgrn,
+    "hgrn2": bounds_hgrn2,
     "lru": bounds_lru,
     "lstm": bounds_lstm,
     "ltc": bounds_ltc,
