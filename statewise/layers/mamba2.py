@@ -97,7 +97,7 @@ def _heads(d_inner: int, n_heads: int | None, head_dim: int | None) -> tuple[int
     return n_heads, head_dim
 
 
-def _pair(name: str, value: Sequence[float]) -> tuple[float, float]:
+def number_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -189,8 +189,8 @@ class Mamba2(SequenceMixer):
             raise ArgumentError(f"norm_eps must be positive, got {norm_eps}")
         check_dt_range(dt_min, dt_max, dt_init_floor)
         self.dt_init = (dt_min, dt_max, dt_init_floor)
-        self.dt_limit = _pair("dt_limit", dt_limit)
-        self.A_init_range = _pair("A_init_range", A_init_range)
+        self.dt_limit = number_pair("dt_limit", dt_limit)
+        self.A_init_range = number_pair("A_init_range", A_init_range)
         if self.A_init_range[0] <= 0:
             raise ArgumentError(f"A_init_range must be positive, got {A_init_range!r}")
         self.negative_eigenvalues = bool(negative_eigenvalues)

@@ -51,7 +51,7 @@ from statewise.ops.linear_attention import check_compute_dtype
 from statewise.ops.mlstm import mlstm, mlstm_step, zero_state
 
 
-def _head_width(name: str, d_model: int, factor: float, n_heads: int) -> int:
+def head_width(name: str, d_model: int, factor: float, n_heads: int) -> int:
     """int(d_model * factor) / n_heads; ValueError unless that is a positive whole number."""
     total = int(d_model * positive_number(name, factor))
     if total <= 0 or total % n_heads:
@@ -119,8 +119,8 @@ class MLSTM(SequenceMixer):
     ) -> None:
         super().__init__(d_model, mode)
         self.n_heads = positive_int("n_heads", n_heads)
-        self.d_k = _head_width("qk_dim_factor", d_model, qk_dim_factor, n_heads)
-        self.d_v = _head_width("v_dim_factor", d_model, v_dim_factor, n_heads)
+        self.d_k = head_width("qk_dim_factor", d_model, qk_dim_factor, n_heads)
+        self.d_v = head_width("v_dim_factor", d_model, v_dim_factor, n_heads)
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.compute_dtype = check_compute_dtype(compute_dtype)
         self.negative_eigenvalues = flag("negative_eigenvalues", negative_eigenvalues)
