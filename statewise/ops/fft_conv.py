@@ -203,7 +203,7 @@ def powers_sum(u: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
     return torch.complex(out_re, out_im).transpose(0, 1)
 
 
-def _compaction(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compaction(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For a mask (B, T): the order that puts each row's real tokens last (in order), the
     inverse of that order, and the number of real tokens per row."""
     order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
@@ -211,7 +211,7 @@ def _compaction(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return order, inverse, mask.sum(dim=1)
 
 
-def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (B, H, T) gathered along time by index (B, T), the same for every channel."""
     return x.gather(-1, index.unsqueeze(1).expand(-1, x.shape[1], -1))
 
@@ -250,10 +250,10 @@ def lti_conv(
     if seq_len == 0:
         return u.new_zeros(u.shape), x0
     if mask is not None:
-        order, inverse, n_real = _compaction(mask)
+        order, inverse, n_real = compaction(mask)
         start = seq_len - n_real  # first real position in the compacted row
         real = torch.arange(seq_len, device=u.device) >= start.unsqueeze(1)
-        u = _gather_time(u, order) * real.unsqueeze(1).to(u.dtype)
+        u = gather_time(u, order) * real.unsqueeze(1).to(u.dtype)
     kernel = real_vandermonde((c * b).unsqueeze(1), log_a, seq_len).squeeze(1)  # (H, T)
     y = causal_conv(u, kernel)
     fresh = not x0.requires_grad and not bool(x0.any())
@@ -265,11 +265,11 @@ def lti_conv(
             shift = (torch.arange(1, seq_len + 1, device=u.device) - start.unsqueeze(1)).clamp(
                 min=0
             )
-            y = y + _gather_time(response, shift)
+            y = y + gather_time(response, shift)
     final = b * powers_sum(u, log_a)
     if not fresh:
         steps = seq_len if mask is None else n_real.to(u.dtype).view(batch, 1, 1)
         final = final + cexp(log_a * steps) * x0
     if mask is not None:
-        y = _gather_time(y, inverse)
+        y = gather_time(y, inverse)
     return y, final

@@ -31,13 +31,17 @@ FAMILIES = {
             "s4d",
             "paragru",
             "paralstm",
+            "parallel_lmu",
         ),
         2e-2,
     ),
     # matrix states (chunkwise GEMMs): at most 3.6e-2 (retnet's recurrent mode)
-    "matrix": (("gateloop", "hgrn2", "mamba2", "mlstm", "retnet", "rwkv"), 6e-2),
+    "matrix": (
+        ("deltanet", "gated_deltanet", "gateloop", "hgrn2", "mamba2", "mlstm", "retnet", "rwkv"),
+        6e-2,
+    ),
     # classic cells run wholly in float32 (their fused oneDNN/numba paths take float32)
-    "classic": (("gru", "lstm", "rnn"), 1e-6),
+    "classic": (("gru", "lmu", "lstm", "rnn"), 1e-6),
     # continuous-time cells: the whole step is the recurrence, run in float32
     "continuous-time": (("cfc", "ltc"), 1e-6),
     # sLSTM's gates in bfloat16, its recurrence in float32: at most 1.8e-2

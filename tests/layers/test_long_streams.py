@@ -383,6 +383,97 @@ def bounds_hgrn2(layer) -> Bounds:
     return Bounds(output, state)
 
 
+def bounds_delta_rule(layer) -> Bounds:
+    """deltanet, gated_deltanet: conv window = the last K-1 projections W x (|.| <= lin);
+    q, k, v = silu(conv) with |silu(u)| <= |u|; keys are L2-normalised (|k| < 1) and beta <=
+    beta_max <= 2, so I - beta k k^T has norm <= 1 and each value column s_j of S obeys
+    |s_j'| <= alpha |s_j| + beta_max |v_j|: with the decay alpha <= alpha_max < 1 (gated),
+    |S_cj| <= |s_j| <= beta_max |v_j| / (1 - alpha_max); without it (deltanet) the bound
+    grows linearly, t beta_max |v_j| after t steps from S_0 = 0 (the delta rule's state is
+    not bounded a priori: keys nearly parallel with different targets pull it far). Output
+    W_o (RMSNorm(o_h) w [silu(W_g x)]) with |RMSNorm| <= sqrt(d_v) |w|."""
+    heads, dk, dv = layer.n_heads, layer.head_k, layer.head_v
+    w_qkv = torch.cat([layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight])
+    pre = lin(w_qkv, X)  # (2 H d_k + H d_v,)
+    if layer.use_short_conv:
+        w_conv = _w(layer.conv1d.weight[:, 0]).abs().sum(-1)
+        bias = layer.conv1d.bias
+        act = w_conv * pre + (0.0 if bias is None else _w(bias).abs())
+    else:
+        act = pre
+    v = act[2 * layer.key_dim :].view(heads, dv)
+    beta_max = torch.sigmoid(top(layer.b_proj.weight, X)) * (2 if layer.negative_eigenvalues else 1)
+    column = beta_max[:, None] * v  # (H, d_v): what one step adds to |s_j|
+    gated = hasattr(layer, "A_log")
+    if gated:
+        least = _w(layer.dt_bias) - lin(layer.a_proj.weight, X)  # smallest softplus argument
+        alpha_max = torch.exp(-torch.exp(_w(layer.A_log)) * F.softplus(least))
+        s_bound = geometric(column, alpha_max[:, None])[:, None, :].expand(heads, dk, dv)
+    normed = rms_norm(dv, layer.o_norm.weight).repeat(heads)
+    if layer.use_gate:
+        normed = normed * lin(layer.g_proj.weight, X)
+    output = lin(layer.o_proj.weight, normed)
+
+    def state(s, t, x):
+        if layer.use_short_conv:
+            yield "conv window", s["conv"], pre
+        bound = s_bound if gated else (t * column)[:, None, :].expand(heads, dk, dv)
+        yield "kv", s["kv"], bound
+
+    return Bounds(output, state)
+
+
+def _impulse_abs_sums(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
+    """sum_{k < steps} |a^k b| elementwise: a (n, n), b (n, m) float64 -> (n, m)."""
+    total, g = torch.zeros_like(b), b.clone()
+    for _ in range(steps):
+        total += g.abs()
+        g = a @ g
+    return total
+
+
+def bounds_parallel_lmu(layer) -> Bounds:
+    """u = W_u x + b_u, |u_c| <= U_c; m_t = sum_{k<t} Abar^k Bbar u_{t-k} (m_0 = 0), so
+    |m_t[c, i]| <= U_c sum_{k<t} |(Abar^k Bbar)_i| <= U_c S_i with S the sum over the
+    whole stream; y = f(W_m m + b_o + W_x x) with |f(v)| <= |v| (relu, gelu, identity)."""
+    a_bar, b_bar = layer.system(torch.device("cpu"))
+    s = _impulse_abs_sums(a_bar, b_bar[:, None], STEPS)[:, 0]  # (q,)
+    u_bound = lin(layer.u_proj.weight, X, layer.u_proj.bias)  # (M,)
+    m_bound = u_bound[:, None] * s  # (M, q)
+    output = lin(layer.m_proj.weight, m_bound.flatten(), layer.m_proj.bias) + lin(
+        layer.x_proj.weight, X
+    )
+    if layer.activation == "tanh":
+        output = output.clamp(max=1.0)
+
+    def state(m, t, x):
+        yield "|m|", m, m_bound
+
+    return Bounds(output, state)
+
+
+def bounds_lmu(layer) -> Bounds:
+    """h = tanh(.) in [-1, 1]. The memory with its feedback e_m is the linear system
+    m_t = G m_{t-1} + (I_M x Bbar) w_t on the flattened memory (M q), G = I_M x Abar +
+    (I_M x Bbar) e_m, driven by w = e_x x + e_h h_{t-1} with |w| <= lin(e_x, X) + lin(e_h, 1):
+    |m_t| <= sum_{k<t} |G^k (I_M x Bbar)| |w|max (finite for every t; it stays bounded in
+    t when G is stable). y = h (or W_o h)."""
+    a_bar, b_bar = layer.system(torch.device("cpu"))
+    eye = torch.eye(layer.memory_d, dtype=torch.float64)
+    drive = torch.kron(eye, b_bar[:, None])  # (M q, M)
+    g = torch.kron(eye, a_bar) + drive @ _w(layer.e_m)
+    w_bound = lin(layer.e_x, X) + lin(layer.e_h, 1.0)  # (M,)
+    m_bound = (_impulse_abs_sums(g, drive, STEPS) @ w_bound).view(layer.memory_d, layer.order)
+    one = torch.ones(layer.hidden_size, dtype=torch.float64)
+    output = one if layer.out_proj is None else lin(layer.out_proj.weight, one)
+
+    def state(s, t, x):
+        yield "|m|", s["m"], m_bound
+        yield "|h|", s["h"], one
+
+    return Bounds(output, state)
+
+
 def bounds_gateloop(layer) -> Bounds:
     """S' = diag(a) S + k^T v per head, a = sigmoid(W_a x + b) <= a_max < 1 per key channel:
     |S_cp| <= |k_c| |v_p| / (1 - a_max_c). Output W_o (silu(W_g x) LayerNorm(o))."""
@@ -578,10 +669,13 @@ def bounds_ltc(layer) -> Bounds:
 BOUNDS: dict[str, Callable[[SequenceMixer], Bounds]] = {
     "aaren": bounds_aaren,
     "cfc": bounds_cfc,
+    "deltanet": bounds_delta_rule,
+    "gated_deltanet": bounds_delta_rule,
     "gateloop": bounds_gateloop,
     "gru": bounds_tanh_cell,
     "hgrn": bounds_hgrn,
     "hgrn2": bounds_hgrn2,
+    "lmu": bounds_lmu,
     "lru": bounds_lru,
     "lstm": bounds_lstm,
     "ltc": bounds_ltc,
@@ -591,6 +685,7 @@ BOUNDS: dict[str, Callable[[SequenceMixer], Bounds]] = {
     "minlstm": bounds_min_rnn,
     "mlstm": bounds_mlstm,
     "paragru": bounds_paracell,
+    "parallel_lmu": bounds_parallel_lmu,
     "paralstm": bounds_paracell,
     "retnet": bounds_retnet,
     "rglru": bounds_rglru,
