@@ -28,11 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from statewise.errors import ArgumentError
-from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int
+from statewise.layers.continuous_time import ContinuousTimeCell
 from statewise.layers.registry import register
-from statewise.ops.precision import float32_recurrence
-from statewise.ops.time_loop import step_over_time
 
 CFC_KINDS = ("default", "no_gate", "pure")
 
@@ -57,7 +55,7 @@ BACKBONE_ACTIVATIONS = {
     paper="Hasani et al. 2022, Closed-form continuous-time neural networks",
     state_size="d",
 )
-class CfC(SequenceMixer):
+class CfC(ContinuousTimeCell):
     """CfC as a mixer; reads ``dt`` (time since the previous token, 1 when None).
 
     Args:
@@ -71,9 +69,6 @@ class CfC(SequenceMixer):
 
     State: h (B, H).
     """
-
-    modes = ("recurrent",)
-    uses_dt = True
 
     def __init__(
         self,
@@ -134,9 +129,6 @@ class CfC(SequenceMixer):
             f"activation={self.activation!r}"
         )
 
-    def auto_mode(self, seq_len: int) -> str:
-        return "recurrent"
-
     def _cell(
         self, x_t: torch.Tensor, h: torch.Tensor, dt: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,27 +145,3 @@ class CfC(SequenceMixer):
             ff1, ff2 = torch.tanh(ff1), torch.tanh(self.ff2(b))
             h = ff1 + gate * ff2 if self.kind == "no_gate" else ff1 * (1.0 - gate) + gate * ff2
         return (h if self.out_proj is None else self.out_proj(h)), h
-
-    @float32_recurrence
-    def _forward(
-        self,
-        x: torch.Tensor,
-        state: torch.Tensor,
-        mask: torch.Tensor | None,
-        mode: str,
-        dt: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.shape[1] == 0:
-            return x.new_zeros(x.shape), state
-        return step_over_time(self._cell, x, state, mask, dt)
-
-    @float32_recurrence
-    def _step(
-        self, x_t: torch.Tensor, state: torch.Tensor, dt: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._cell(x_t, state, dt)
-
-    def _init_state(
-        self, batch_size: int, device: torch.device, dtype: torch.dtype
-    ) -> torch.Tensor:
-        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)

@@ -30,11 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from statewise.layers.base import SequenceMixer
 from statewise.layers.checks import positive_int, positive_number
+from statewise.layers.continuous_time import ContinuousTimeCell
 from statewise.layers.registry import register
-from statewise.ops.precision import float32_recurrence
-from statewise.ops.time_loop import step_over_time
 
 # ncps's initial ranges (uniform), by parameter
 INIT_RANGES = {
@@ -63,7 +61,7 @@ def synapses(
     paper="Hasani et al. 2021, Liquid Time-constant Networks",
     state_size="d",
 )
-class LTC(SequenceMixer):
+class LTC(ContinuousTimeCell):
     """LTC as a mixer; reads ``dt`` (time since the previous token, 1 when None).
 
     Args:
@@ -75,9 +73,6 @@ class LTC(SequenceMixer):
 
     State: v (B, H).
     """
-
-    modes = ("recurrent",)
-    uses_dt = True
 
     def __init__(
         self,
@@ -134,9 +129,6 @@ class LTC(SequenceMixer):
             f"ode_unfolds={self.ode_unfolds}"
         )
 
-    def auto_mode(self, seq_len: int) -> str:
-        return "recurrent"
-
     def _cell(
         self, x_t: torch.Tensor, v: torch.Tensor, dt: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,27 +152,3 @@ class LTC(SequenceMixer):
             new = torch.where((dt > 0).unsqueeze(-1), new, v)
         y = new * self.output_w + self.output_b
         return (y if self.out_proj is None else self.out_proj(y)), new
-
-    @float32_recurrence
-    def _forward(
-        self,
-        x: torch.Tensor,
-        state: torch.Tensor,
-        mask: torch.Tensor | None,
-        mode: str,
-        dt: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.shape[1] == 0:
-            return x.new_zeros(x.shape), state
-        return step_over_time(self._cell, x, state, mask, dt)
-
-    @float32_recurrence
-    def _step(
-        self, x_t: torch.Tensor, state: torch.Tensor, dt: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._cell(x_t, state, dt)
-
-    def _init_state(
-        self, batch_size: int, device: torch.device, dtype: torch.dtype
-    ) -> torch.Tensor:
-        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
