@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 
@@ -86,10 +85,7 @@ def _calibrated(model: LanguageModel, fused, max_batch: int) -> DecodePath:
     path = DecodePath("auto", fused)
     sizes = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
     for rows in sizes:
-        ids = torch.zeros(rows, dtype=torch.long, device=next(model.parameters()).device)
-        state = model.init_state(rows, ids.device, next(model.parameters()).dtype)
-        fused_ms = _median_ms(partial(fused.step, ids, state, in_place=True))
-        torch_ms = _median_ms(partial(model.step, ids, state))
+        fused_ms, torch_ms = _time_both(model, fused, rows)
         path.timings[rows] = (fused_ms, torch_ms)
         if fused_ms > torch_ms:
             break
@@ -100,6 +96,20 @@ def _calibrated(model: LanguageModel, fused, max_batch: int) -> DecodePath:
         path.fused = None
         path.reason = f"slower than PyTorch at batch 1 here ({measured})"
     return path
+
+
+def _time_both(model: LanguageModel, fused, rows: int) -> tuple[float, float]:
+    """ms of one decode step of ``rows`` rows, fused and PyTorch, each call from a fresh
+    initial state (stepping one state again and again would fill a global attention's KV
+    cache)."""
+    param = next(model.parameters())
+    ids = torch.zeros(rows, dtype=torch.long, device=param.device)
+
+    def fresh() -> list:
+        return model.init_state(rows, param.device, param.dtype)
+
+    fused_ms = _median_ms(lambda: fused.step(ids, fresh(), in_place=True))
+    return fused_ms, _median_ms(lambda: model.step(ids, fresh()))
 
 
 @torch.no_grad()

@@ -52,3 +52,14 @@ def test_the_torch_backend_turns_fusing_off():
     with kernels.use("torch"):
         path = choose_decode_path(model, "auto", 4)
     assert path.fused is None and "torch backend" in path.reason
+
+
+def test_measuring_does_not_fill_a_small_global_cache():
+    """Each timed call starts from the initial state: a global attention model whose KV
+    cache holds 3 tokens is measured and served."""
+    model = make_model(
+        "attention", torch.float32, vocab_size=256, layer_kwargs={"attention": {"max_len": 3}}
+    )
+    engine = Engine(model, max_batch=4)
+    assert engine.decode_path.timings
+    assert len(engine.generate_many([[1]], max_tokens=2, temperature=0)) == 1
