@@ -825,7 +825,9 @@ def _bench_targets(args: argparse.Namespace, backends: list[str]) -> Callable:
         check_layers([n for n in only if n != "scan"])
     shapes = DEFAULT_SHAPES
     if args.tiny:
-        shapes = Shapes(Shape(2, 16, 16), Shape(2, 16, 32), 2, Shape(2, 32, 16), 16, 8)
+        shapes = Shapes(
+            Shape(2, 16, 16), Shape(2, 16, 32), 2, Shape(2, 32, 16), 16, 8, Shape(2, 16, 16)
+        )
 
     def run(machine: object) -> tuple[dict, str]:
         result = run_targets(machine, backends, args.repeats, shapes, only)

@@ -47,6 +47,7 @@ from statewise.errors import ArgumentError
 
 DEFAULT_LAYERS = ("lstm", "mingru", "rglru", "mamba", "retnet", "mamba2", "mlstm")
 CHUNKED = ("retnet", "gateloop", "mlstm", "mamba2", "rwkv")
+DELTA = ("deltanet", "gated_deltanet")  # chunkwise too, by the WY/UT form
 DIAGONAL = ("mingru", "minlstm", "lru", "rglru", "hgrn", "mamba")
 STEP_TOKENS = 32
 DTYPES = ("float32", "bfloat16")
@@ -171,7 +172,17 @@ def chunk_flops_per_token(
     2C(K + V) for the intra-chunk (Q K^T) and (masked) V products, 2KV for the
     inter-chunk Q S and 2KV for the state update K^T V. Mamba-2 (SSD): K = d_state,
     V = head_dim, and its C B^T product counted per head as in ssd_minimal. In the
-    parallel (quadratic) mode: 2T(K + V) per head. None for the recurrent mode."""
+    parallel (quadratic) mode: 2T(K + V) per head. None for the recurrent mode.
+
+    The delta rule's chunk form (statewise.ops.delta_rule) per head and token: 2CK for
+    K K^T, C(V + K) for the triangular solve against [V, K], 2CK for Q K^T, 2C(V + K) for
+    (Q K^T) [U, W], 2K(V + K) for K^T [U, W], 2KV for the queries against the chunk's
+    starting state and 2K^2 V / C for the state's transition, K = head_k, V = head_v."""
+    if name in DELTA and mode == "chunk":
+        heads, c = layer.n_heads, min(layer.chunk_size, seq_len)
+        k, v = layer.head_k, layer.head_v
+        per_head = 4 * c * k + 3 * c * (v + k) + 2 * k * (v + k) + 2 * k * v + 2 * k * k * v // c
+        return dense_flops_per_token(layer) + heads * per_head
     if name not in CHUNKED or mode not in ("chunk", "parallel"):
         return None
     heads = getattr(layer, "n_heads", None)

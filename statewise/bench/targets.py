@@ -16,6 +16,8 @@ scan kernel                  forward: 3 B T S itemsize bytes / time / bandwidth 
 mamba                        fwd+bwd tok/s ours / mambapy MambaBlock                 >= 5
 retnet gateloop mlstm        fwd+bwd tok/s chunk mode / recurrent mode, T = 4096     >= 10
 mamba2 rwkv                  forward FLOP/s in chunk mode / GEMM peak, T = 4096      >= 40%
+deltanet gated_deltanet      fwd+bwd tok/s chunk mode / recurrent mode, T = 512      >= 1
+                             forward FLOP/s in chunk mode / GEMM peak, T = 4096      >= 35%
 every layer but attention    step time at batch 1 / (parameter bytes / bandwidth)    <= 2
                              peak memory of 2T steps - of T steps (MiB)              <= 0.5
 ===========================  ======================================================  =========
@@ -33,7 +35,7 @@ import math
 from dataclasses import dataclass
 
 from statewise import layers
-from statewise.bench.speed import Shape
+from statewise.bench.speed import DELTA, Shape
 
 DIAGONAL = ("mingru", "minlstm", "lru", "rglru", "hgrn")
 CHUNKED = ("retnet", "gateloop", "mlstm", "mamba2", "rwkv")
@@ -54,6 +56,7 @@ class Shapes:
     # the memory of T = 2048 and 2T = 4096 steps: growth of 256 bytes a step reads as 0.5 MiB
     # (a leaked tensor is ~540 bytes), well above the ~0.1 MiB noise of the measurement
     memory_steps: int = 2048
+    delta_ratio: Shape = Shape(4, 512, 256)  # the delta rule: chunk beats recurrent from here
 
 
 DEFAULT_SHAPES = Shapes()
@@ -189,6 +192,15 @@ def build_targets(
         out.append(Target(name, name, what, "ratio", 10.0, (chunk, rec), backend, label))
         what = "chunk forward / GEMM peak"
         out.append(Target(name, name, what, "gemm", 0.4, (chunk,), backend, label))
+    for name in DELTA:  # issue 20: faster than its own loop from T 512, 35% of the GEMM peak
+        chunk = ours(name, s.delta_ratio, mode="chunk")
+        rec = ours(name, s.delta_ratio, mode="recurrent")
+        what = "fwd+bwd tok/s chunk / recurrent"
+        label = s.delta_ratio.label()
+        out.append(Target(name, name, what, "ratio", 1.0, (chunk, rec), backend, label))
+        chunk = ours(name, s.chunk, mode="chunk", forward=True)
+        what = "chunk forward / GEMM peak"
+        out.append(Target(name, name, what, "gemm", 0.35, (chunk,), backend, s.chunk.label()))
     for name in layers.names():
         if name in NO_STEP_TARGETS:
             continue

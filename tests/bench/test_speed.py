@@ -190,3 +190,20 @@ def test_dtype_bfloat16_reports_the_speedup(tmp_path: Path, capsys: pytest.Captu
         assert positive(row["bf16_fwd_tps"]) and positive(row["bf16_fwd_bwd_tps"])
         assert row["bf16_speedup"] == pytest.approx(row["bf16_fwd_bwd_tps"] / row["fwd_bwd_tps"])
     assert "bf16 fwd+bwd" in capsys.readouterr().out
+
+
+def test_delta_rule_chunk_flops_count_the_chunk_work():
+    """The delta rule's chunk form does its projections and, per head, work growing with the
+    chunk length; its recurrent mode has no chunk count."""
+    from statewise import layers
+    from statewise.bench import speed
+
+    layer = layers.get("deltanet", 64, n_heads=2, chunk_size=16)
+    dense = speed.dense_flops_per_token(layer)
+    short = speed.chunk_flops_per_token("deltanet", layer, 8, "chunk")
+    full = speed.chunk_flops_per_token("deltanet", layer, 4096, "chunk")
+    assert dense < short and dense < full
+    # K = V = 32 per head, C = 16: 2CK K K^T + C(V+K) solve + 2CK Q K^T + 2C(V+K) + 2K(V+K)
+    # + 2KV + 2K^2 V / C, written out: 1024 + 1024 + 1024 + 2048 + 4096 + 2048 + 4096
+    assert full - dense == 2 * (1024 + 1024 + 1024 + 2048 + 4096 + 2048 + 4096)
+    assert speed.chunk_flops_per_token("deltanet", layer, 4096, "recurrent") is None

@@ -17,7 +17,7 @@ from statewise.bench.target_run import backend_ratios, run_targets, unique_jobs
 from statewise.cli import main
 
 LIMITS = {"gemm_gflops": 100.0, "bandwidth_gbs": 10.0}
-TINY = tg.Shapes(Shape(2, 16, 16), Shape(2, 16, 32), 2, Shape(2, 32, 16), 16, 8)
+TINY = tg.Shapes(Shape(2, 16, 16), Shape(2, 16, 32), 2, Shape(2, 32, 16), 16, 8, Shape(2, 16, 16))
 
 
 def find(table: list[tg.Target], subject: str, kind: str) -> tg.Target:
@@ -38,6 +38,12 @@ def test_table_has_every_issue_target() -> None:
         gemm = find(table, name, "gemm")
         assert gemm.threshold == 0.4 and gemm.jobs[0].shape.seq_len == 4096
         assert gemm.jobs[0].mode == "chunk" and gemm.jobs[0].forward
+    for name in ("deltanet", "gated_deltanet"):  # issue 20's targets for the delta rule
+        assert ratios[(name, "recurrent")] == 1
+        ratio = next(t for t in table if t.layer == name and t.kind == "ratio")
+        assert ratio.jobs[0].shape.seq_len == 512 and ratio.jobs[0].mode == "chunk"
+        gemm = find(table, name, "gemm")
+        assert gemm.threshold == 0.35 and gemm.jobs[0].shape.seq_len == 4096
     assert {t.subject for t in table if t.kind == "bandwidth"} == {
         "scan kernel (float32)",
         "scan kernel (complex64)",
@@ -48,7 +54,7 @@ def test_table_has_every_issue_target() -> None:
     for target in table:  # the smallest shapes the issue allows
         for job in target.jobs:
             if job.kind in ("layer", "peer"):
-                assert job.shape.batch == 4 and job.shape.seq_len in (1024, 4096)
+                assert job.shape.batch == 4 and job.shape.seq_len in (512, 1024, 4096)
                 assert job.shape.d_model in (256, 768)
     slstm = find(table, "slstm", "ratio")
     assert slstm.jobs[0].shape.d_model == 768 and dict(slstm.jobs[0].kwargs) == {"n_heads": 12}
