@@ -22,6 +22,9 @@ CAPS = {
     "input_dim": 1 << 16,
     "horizon": 1 << 20,
     "mlp_ratio": 64,
+    "memory_tokens": 1 << 12,
+    "segment_len": 1 << 20,
+    "memory_bptt": 1 << 20,
 }
 MAX_EMBEDDING = 1 << 32  # vocab_size * d_model: 16 GiB of float32
 
@@ -63,6 +66,15 @@ class ModelConfig:
         this is what ``statewise convert --from torch`` produces.
     vocab_size: token vocabulary for "lm" (and for a "classifier" over tokens); 0 for
         a classifier or forecaster over real-valued inputs of width ``input_dim``.
+    memory_tokens: with M > 0 the language model is a Recurrent Memory Transformer
+        (Bulatov et al. 2022; statewise/models/rmt.py, docs/models/rmt.md): the sequence is
+        cut into segments of ``segment_len`` tokens, each run through the block stack as
+        [M memory tokens, the segment, the same M memory tokens], and the outputs at the
+        last M positions are the next segment's memory. 0: off (the plain model).
+    segment_len: the segment length of a Recurrent Memory Transformer (required with
+        memory_tokens > 0, and only then).
+    memory_bptt: k > 0 cuts the gradient through the memory after every k segments of a
+        forward (truncated backpropagation through segments); 0: no truncation.
     """
 
     layer: str = "mingru"
@@ -85,6 +97,9 @@ class ModelConfig:
     n_classes: int = 0
     input_dim: int = 1
     horizon: int = 1
+    memory_tokens: int = 0
+    segment_len: int = 0
+    memory_bptt: int = 0
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "model")
@@ -122,6 +137,24 @@ class ModelConfig:
             raise ConfigError("model.n_classes must be >= 2 for a classifier")
         if self.head == "forecaster" and (self.horizon <= 0 or self.input_dim <= 0):
             raise ConfigError("model.horizon and model.input_dim must be positive for a forecaster")
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """The Recurrent Memory Transformer's fields (memory_tokens, segment_len, memory_bptt)."""
+        for name in ("memory_tokens", "segment_len", "memory_bptt"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if self.memory_tokens == 0:
+            if self.segment_len or self.memory_bptt:
+                raise ConfigError(
+                    "model.segment_len and model.memory_bptt need model.memory_tokens > 0 "
+                    "(a Recurrent Memory Transformer)"
+                )
+            return
+        if self.head != "lm":
+            raise ConfigError(f"model.memory_tokens needs head = 'lm', got {self.head!r}")
+        if self.segment_len <= 0:
+            raise ConfigError("model.memory_tokens > 0 needs model.segment_len > 0")
 
     def layer_at(self, index: int) -> str:
         """The layer name of block ``index``."""

@@ -10,12 +10,18 @@ from torch import nn
 from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.models.block import Backbone
 from statewise.models.config import ModelConfig
+from statewise.models.rmt import RecurrentMemory
 from statewise.models.sampling import check_sampling, sample_next
 from statewise.ops.tree import State
 
 
 class LanguageModel(nn.Module):
-    """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+    """Token ids (B, T) -> next-token logits (B, T, vocab_size).
+
+    With ``config.memory_tokens`` > 0 it is a Recurrent Memory Transformer
+    (statewise/models/rmt.py): the sequence runs segment by segment with memory tokens
+    carried between segments, and the state is the memory and the current segment.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -26,6 +32,7 @@ class LanguageModel(nn.Module):
         self.unembed = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.unembed.weight = self.embed.weight
+        self.rmt = RecurrentMemory(config) if config.memory_tokens > 0 else None
 
     def forward(
         self,
@@ -38,7 +45,10 @@ class LanguageModel(nn.Module):
         """ids (B, T) -> logits (B, T, V); ``resets`` (B, T) bool marks where a new
         document starts inside a packed row (its state starts afresh there)."""
         self._check_ids(ids, rank=2)
-        h, state = self.backbone(self._embed(ids), state, mask, resets)
+        if self.rmt is None:
+            h, state = self.backbone(self._embed(ids), state, mask, resets)
+        else:
+            h, state = self.rmt(self.backbone, self._embed, ids, state, mask, resets)
         logits = self._logits(h)
         return (logits, state) if return_state else logits
 
@@ -47,10 +57,15 @@ class LanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, list[State]]:
         """One token per sequence, ids_t (B,) -> logits (B, V) and the new state."""
         self._check_ids(ids_t, rank=1)
-        h, state = self.backbone.step(self._embed(ids_t), state)
+        if self.rmt is not None:
+            h, state = self.rmt.step(self.backbone, self._embed, ids_t, state)
+        else:
+            h, state = self.backbone.step(self._embed(ids_t), state)
         return self._logits(h), state
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> list[State]:
+        if self.rmt is not None:
+            return self.rmt.init_state(batch_size, device, dtype)
         return self.backbone.init_state(batch_size, device, dtype)
 
     @torch.no_grad()

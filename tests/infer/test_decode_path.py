@@ -63,3 +63,21 @@ def test_measuring_does_not_fill_a_small_global_cache():
     engine = Engine(model, max_batch=4)
     assert engine.decode_path.timings
     assert len(engine.generate_many([[1]], max_tokens=2, temperature=0)) == 1
+
+
+def test_a_memory_token_model_is_served_by_the_pytorch_step():
+    """A Recurrent Memory Transformer's state is its memory and segment, not the blocks':
+    the fused decoder refuses it, and the engine serves it through model.step (greedy
+    tokens equal LanguageModel.generate's, across a segment boundary)."""
+    model = make_model(
+        "attention", torch.float64, vocab_size=256, memory_tokens=2, segment_len=4
+    )
+    path = choose_decode_path(model, "auto", 2)
+    assert path.fused is None and "Memory Transformer" in path.reason
+    with pytest.raises(ArgumentError, match="Memory Transformer"):
+        choose_decode_path(model, "fused", 2)
+    engine = Engine(model, max_batch=2, prefill_chunk=3)
+    stream = engine.submit([5, 6, 7], max_tokens=6, temperature=0)
+    stream.result()
+    expected = model.generate(torch.tensor([[5, 6, 7]]), 6, temperature=0.0)
+    assert stream.tokens == expected[0, 3:].tolist()

@@ -101,6 +101,8 @@ def why_not_fusable(model: nn.Module) -> str | None:
     _load_steppers()
     if not isinstance(model, LanguageModel):
         return "only language models decode"
+    if getattr(model, "rmt", None) is not None:
+        return "a Recurrent Memory Transformer (model.memory_tokens) has no fused step"
     params = list(model.parameters())
     dtypes = {p.dtype for p in params}
     if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64):
