@@ -69,9 +69,7 @@ def test_a_memory_token_model_is_served_by_the_pytorch_step():
     """A Recurrent Memory Transformer's state is its memory and segment, not the blocks':
     the fused decoder refuses it, and the engine serves it through model.step (greedy
     tokens equal LanguageModel.generate's, across a segment boundary)."""
-    model = make_model(
-        "attention", torch.float64, vocab_size=256, memory_tokens=2, segment_len=4
-    )
+    model = make_model("attention", torch.float64, vocab_size=256, memory_tokens=2, segment_len=4)
     path = choose_decode_path(model, "auto", 2)
     assert path.fused is None and "Memory Transformer" in path.reason
     with pytest.raises(ArgumentError, match="Memory Transformer"):
