@@ -46,6 +46,8 @@ FAMILIES = {
     "continuous-time": (("cfc", "ltc"), 1e-6),
     # sLSTM's gates in bfloat16, its recurrence in float32: at most 1.8e-2
     "slstm": (("slstm",), 3e-2),
+    # test-time memory (an MLP trained by gradient descent while reading): at most 2.0e-2
+    "test-time memory": (("titans",), 6e-2),
     # softmax attention: at most 1.3e-2
     "attention": (("attention",), 3e-2),
 }

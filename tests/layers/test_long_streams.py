@@ -474,6 +474,24 @@ def bounds_lmu(layer) -> Bounds:
     return Bounds(output, state)
 
 
+def bounds_titans(layer) -> Bounds:
+    """titans: the read o_t = M_t(q_t) goes through a per-head RMSNorm over d = D / H values,
+    so each normalised entry is within sqrt(d) |w| whatever the memory holds, and the output
+    W_o concat_h(.) within lin(W_o, sqrt(d) |w|) per channel. The memory itself has no bound
+    in the equations: gradient descent with momentum on |M(k) - v|^2 (an MLP of depth 2, a
+    step size up to max_lr, stale chunk-start weights) can diverge, so the weights are only
+    required finite (the layer's own output check refuses a non-finite state), and the
+    position counts the real tokens exactly."""
+    heads = layer.n_heads
+    out = lin(layer.o_proj.weight, rms_norm(layer.head_dim, layer.o_norm.weight).repeat(heads))
+
+    def state(s, t, x):
+        assert s["pos"].tolist() == [t] * s["pos"].shape[0], "pos must count the tokens"
+        return iter(())
+
+    return Bounds(out, state)
+
+
 def bounds_gateloop(layer) -> Bounds:
     """S' = diag(a) S + k^T v per head, a = sigmoid(W_a x + b) <= a_max < 1 per key channel:
     |S_cp| <= |k_c| |v_p| / (1 - a_max_c). Output W_o (silu(W_g x) LayerNorm(o))."""
@@ -693,6 +711,7 @@ BOUNDS: dict[str, Callable[[SequenceMixer], Bounds]] = {
     "rwkv": bounds_rwkv,
     "s4d": bounds_s4d,
     "slstm": bounds_slstm,
+    "titans": bounds_titans,
 }
 # global attention stops at max_len by design; its window form has the bound above
 EXCEPTED = {"attention": "global attention's KV cache stops at max_len (tested below)"}
