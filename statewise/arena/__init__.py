@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from statewise.arena.suites import Suite, TaskSpec, builtin_suites, task_spec
+from statewise.arena.variants import split_entry
 from statewise.errors import ArgumentError
 from statewise.train.lock import writer_lock
 
@@ -37,8 +38,6 @@ def resolve(
 ) -> tuple[Suite, list[TaskSpec], list[str]]:
     """The suite with the overrides applied, its task specs and layers; ValueError with a
     one-line message for anything unknown or out of range."""
-    from statewise.layers import names
-
     if isinstance(suite, Suite):
         chosen = suite
     else:
@@ -60,11 +59,11 @@ def resolve(
                 f"statewise arena: {flag} must be positive and finite, got {value:g}"
             )
     layers = _unique(layers) if layers else list(chosen.layers)
-    unknown = [n for n in layers if n not in names()]
-    if unknown:
-        raise ArgumentError(
-            f"statewise arena: unknown layer {unknown[0]!r}; choose from: {', '.join(names())}"
-        )
+    for entry in layers:
+        try:
+            split_entry(entry)
+        except ArgumentError as err:
+            raise ArgumentError(f"statewise arena: {err}") from None
     try:
         specs = [task_spec(n) for n in (_unique(tasks) if tasks else chosen.tasks)]
     except ValueError as err:  # task_spec's unknown task

@@ -36,6 +36,7 @@ import torch
 from statewise.arena.budget import count_params, match_d_model, model_state_floats
 from statewise.arena.executors import environment
 from statewise.arena.suites import Suite, TaskSpec
+from statewise.arena.variants import layer_of, split_entry
 from statewise.errors import ArgumentError, TrainingDiverged
 from statewise.fit import train_loop
 from statewise.models import ModelConfig, build_model
@@ -73,7 +74,7 @@ def cell_settings(
         "d_model": suite.d_model,
         "budget_s": budget_s,
         "steps": steps,
-        "lrs": list(suite.lrs_for(info(layer).family)),
+        "lrs": list(suite.lrs_for(info(layer_of(layer)).family)),
         "n_layers": suite.n_layers,
         "batch_size": suite.batch_size,
         "eval_batches": suite.eval_batches,
@@ -189,7 +190,10 @@ def run_cell(
     settings = cell_settings(suite, spec, layer, seed, budget_s, steps)
     task = checked_task(spec, seed)
     metric = task.metric
-    base = ModelConfig(layer=layer, n_layers=suite.n_layers, vocab_size=task.vocab_size)
+    registered, options = split_entry(layer)  # "attention+rmt": options for the model
+    base = ModelConfig(
+        layer=registered, n_layers=suite.n_layers, vocab_size=task.vocab_size, **options
+    )
     if suite.d_model is None:
         d_model, params = match_d_model(base, suite.params)
     else:
@@ -216,7 +220,7 @@ def run_cell(
         "task": spec.name,
         "layer": layer,
         "seed": seed,
-        "family": info(layer).family,
+        "family": info(layer_of(layer)).family,
         "metric": name,
         "value": None,
         "higher_is_better": higher,
@@ -527,7 +531,7 @@ def _failed(task: str, layer: str, seed: int, err: Exception) -> dict[str, Any]:
         "task": task,
         "layer": layer,
         "seed": seed,
-        "family": info(layer).family,
+        "family": info(layer_of(layer)).family,
         "value": None,
         "error": message,
     }

@@ -220,3 +220,25 @@ def test_an_interrupted_pool_stops_the_cells_its_workers_are_running(tmp_path):
     while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(w.is_alive() for w in workers)
+
+
+def test_a_layer_with_a_model_variant_runs_as_its_own_entry(tiny_suite, tmp_path):
+    """ "gru+rmt": the gru stack as a Recurrent Memory Transformer, beside plain gru, with
+    gru's learning-rate sweep; an unknown variant is refused, naming the variants."""
+    from dataclasses import replace
+
+    from statewise.arena import resolve
+    from statewise.arena.variants import VARIANTS, split_entry
+
+    assert split_entry("gru+rmt") == ("gru", VARIANTS["rmt"])
+    with pytest.raises(ValueError, match="variants: rmt"):
+        split_entry("gru+nope")
+    suite = replace(tiny_suite, layers=("gru", "gru+rmt"), tasks=("mqar",))
+    report = _run(suite, tmp_path)
+    cells = {c["layer"]: c for c in report["cells"]}
+    assert set(cells) == {"gru", "gru+rmt"}
+    rmt = cells["gru+rmt"]
+    assert rmt["family"] == cells["gru"]["family"] and len(rmt["sweep"]) == 2
+    assert rmt["value"] is not None and rmt["params"] > cells["gru"]["params"] * 0.5
+    with pytest.raises(ValueError, match="unknown variant"):
+        resolve(suite, layers=["gru+nope"])
