@@ -48,6 +48,8 @@ FAMILIES = {
     "slstm": (("slstm",), 3e-2),
     # test-time memory (an MLP trained by gradient descent while reading): at most 2.0e-2
     "test-time memory": (("titans",), 6e-2),
+    # block-recurrent attention (state vectors updated per block): at most 7.8e-3
+    "block-recurrent attention": (("block_recurrent",), 3e-2),
     # softmax attention: at most 1.3e-2
     "attention": (("attention",), 3e-2),
 }

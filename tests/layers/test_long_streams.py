@@ -492,6 +492,36 @@ def bounds_titans(layer) -> Bounds:
     return Bounds(out, state)
 
 
+def bounds_block_recurrent(layer) -> Bounds:
+    """Token keys/values k, v = W_kv x: lin. The state vectors C = C_0 + c enter through
+    LN (centred_norm over D), their values h = W_skv LN(C): lin. Every attention output is a
+    softmax average of values, so within max |v| or max |h| per channel of each head. The
+    update z = W_so [.; .] (lin), and C <- sigma(b_f) C + (1 - sigma(b_f)) z is a convex
+    combination per channel: |C_i| <= max(|C_0,i|, |z|) by induction from C_0, so the
+    stored offset |c_i| = |C_i - C_0,i| <= that + |C_0,i|. The buffer holds the block's
+    inputs (|x| <= X), its slots from pos on zero; pos = t mod W. y = W_o [.; .] (lin)."""
+    width = layer.n_heads * layer.head_dim
+    v = lin(layer.kv_proj.weight[width:], X)
+    normed = centred_norm(layer.d_model, layer.state_norm.weight, layer.state_norm.bias)
+    h = lin(layer.state_kv_proj.weight[width:], normed)
+    z = lin(layer.state_o_proj.weight, torch.cat([h, v]))
+    c0 = _w(layer.state_init).abs()
+    c_bound = torch.maximum(c0, z) + c0  # (S, D)
+    output = lin(layer.o_proj.weight, torch.cat([v, h]))
+    w = layer.block_size
+
+    def state(s, t, x):
+        assert bool((s["pos"] == t % w).all()), f"pos {s['pos'].tolist()} after {t} steps"
+        n = t % w
+        assert not bool(s["x"][:, n:].any()), f"buffer slots from pos on not zero at step {t}"
+        if n:
+            assert torch.equal(s["x"][:, n - 1], x), f"the last input is not buffered at {t}"
+        yield "c", s["c"], c_bound
+        yield "x", s["x"], torch.full((1,), X, dtype=torch.float64)
+
+    return Bounds(output, state)
+
+
 def bounds_gateloop(layer) -> Bounds:
     """S' = diag(a) S + k^T v per head, a = sigmoid(W_a x + b) <= a_max < 1 per key channel:
     |S_cp| <= |k_c| |v_p| / (1 - a_max_c). Output W_o (silu(W_g x) LayerNorm(o))."""
@@ -686,6 +716,7 @@ def bounds_ltc(layer) -> Bounds:
 
 BOUNDS: dict[str, Callable[[SequenceMixer], Bounds]] = {
     "aaren": bounds_aaren,
+    "block_recurrent": bounds_block_recurrent,
     "cfc": bounds_cfc,
     "deltanet": bounds_delta_rule,
     "gated_deltanet": bounds_delta_rule,
