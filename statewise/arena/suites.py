@@ -111,7 +111,8 @@ def _seq_class_if_installed() -> tuple[str, ...]:
 
 def builtin_suites() -> dict[str, Suite]:
     """quick: the README's 10-minute run; standard: every layer on the comparison tasks,
-    about an hour with ``--jobs 2`` here; full: more tasks, larger, longer, three seeds."""
+    about 1.5 hours with ``--jobs 2`` here (29 layers); full: more tasks, larger, longer,
+    three seeds."""
     from statewise.layers import names
 
     standard_tasks = (
@@ -135,7 +136,7 @@ def builtin_suites() -> dict[str, Suite]:
             # embedding (mqar 0.24 against 0.05 at 1e-3, char_lm 2.34 against 2.68 nats)
             lrs={"default": (3e-3,)},
         ),
-        # about an hour with --jobs 2 on 2 cores: 20 layers x 7 tasks x (40 s + overhead) / 2
+        # every registered layer: 29 layers x 7 tasks x (40 s + overhead) / 2, ~1.5 h --jobs 2
         "standard": Suite("standard", tuple(names()), standard_tasks, 100_000, 40.0, SWEEP),
         "full": Suite(
             "full",
