@@ -73,11 +73,19 @@
   }
 
   // The server-sent events of a streamed response, as parsed JSON; stops at [DONE].
+  // A fast stream keeps reader.read() resolving at once, and awaiting a resolved promise
+  // never lets the browser run its other tasks: every 50 ms the loop waits for one, so
+  // clicks (Stop) and painting go through however fast the tokens come.
   async function* events(response) {
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    let yielded = performance.now();
     for (;;) {
+      if (performance.now() - yielded > 50) {
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        yielded = performance.now();
+      }
       const { value, done } = await reader.read();
       if (done) break;
       buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
