@@ -40,7 +40,7 @@ def test_quick_run(tmp_path, capsys):
         assert f"{r['layer']}: fused block step at batch 1" in printed
 
 
-def test_run_returns_what_it_prints():
+def test_a_run_from_python_times_each_batch_size():
     opts = Options(layers=("mingru",), d_model=32, n_layers=1, max_batch=2, repeats=1)
     result = run_fused_bench(opts)
     assert len(result["results"]) == 1 and set(result["results"][0]["by_batch"]) == {1, 2}

@@ -78,3 +78,26 @@ def test_weights_updated_in_place_are_seen(layer):
     expected, _ = model.step(ids, state)
     got, _ = fused.step(ids, state)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+
+
+def test_bad_ids_and_states_are_refused_before_any_kernel_runs():
+    """The kernels index rows without bounds checks, so a state of another batch size,
+    shape or dtype, or ids outside the vocabulary, must be refused at the boundary."""
+    model = make_model("lstm", torch.float32)
+    fused = FusedDecoder(model)
+    ids = torch.tensor([1, 2])
+    good = model.init_state(2)
+    with pytest.raises(ArgumentError, match="ids must lie"):
+        fused.step(torch.tensor([1, 10**6]), good)
+    with pytest.raises(ArgumentError, match=r"need \(2, "):
+        fused.step(ids, model.init_state(3))
+    with pytest.raises(ArgumentError, match="float32"):
+        fused.step(ids, [tuple(t.double() for t in s) for s in good])
+    with pytest.raises(ArgumentError, match="model's state"):
+        fused.step(ids, good[:1])
+    with pytest.raises(ArgumentError, match="model's state"):
+        fused.step(ids, [s[0] for s in good])  # (h, c) pairs given as h alone
+    strided = [tuple(t.t().contiguous().t() for t in s) for s in good]
+    with pytest.raises(ArgumentError, match="contiguous"):
+        fused.step(ids, strided, in_place=True)
+    fused.step(ids, strided)  # copied first when not in place

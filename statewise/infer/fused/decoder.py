@@ -31,7 +31,7 @@ from statewise.kernels import decode
 from statewise.kernels.scan import torch_threads_kept
 from statewise.models import LanguageModel
 from statewise.models.block import MLP, Block, RMSNormPlusOne
-from statewise.ops.tree import State, tree_map
+from statewise.ops.tree import State, tree_leaves, tree_map
 
 _PACKAGE_PATH = [str(Path(__file__).parent)]
 #: a mixer's stepper: (normed input u (B, D), state) -> state, adding its output into the
@@ -192,6 +192,9 @@ class FusedDecoder:
         self._views: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
         self.blocks = [_BlockStep(b) for b in model.backbone.blocks]
         self.final_norm = _Norm(model.backbone.norm)
+        # what one row of a state looks like: the kernels index rows without bounds checks,
+        # so a state is checked against this before any of them runs
+        self._row = model.init_state(1)
 
     @torch.no_grad()
     def step(
@@ -202,8 +205,10 @@ class FusedDecoder:
         otherwise they are left as they were."""
         if self.model.training:
             raise ArgumentError("the fused decode step runs in eval mode (no dropout)")
+        self.model._check_ids(ids, rank=1)
+        self._check_state(state, len(ids), in_place)
         if not in_place:
-            state = tree_map(lambda t: t.clone(), state)
+            state = tree_map(lambda t: t.clone(memory_format=torch.contiguous_format), state)
         config = self.model.config
         with self.running():
             x = array(self.model.embed.weight)[ids.numpy()]
@@ -215,6 +220,31 @@ class FusedDecoder:
             cap = logits.dtype.type(config.logit_softcap)
             logits = cap * np.tanh(logits / cap)
         return torch.from_numpy(logits), new_state
+
+    def _check_state(self, state: list[State], rows: int, in_place: bool) -> None:
+        """ArgumentError unless ``state`` has the model's structure, ``rows`` rows of the
+        model's shapes and dtypes, on the CPU (and C-contiguous when stepped in place)."""
+        if not isinstance(state, (list, tuple)) or len(state) != len(self.blocks):
+            raise ArgumentError("state must be the model's state (model.init_state(B))")
+        try:
+            pairs: list = []
+            tree_map(lambda t, ref: pairs.append((t, ref)) or ref, state, self._row)
+            complete = len(pairs) == len(tree_leaves(state)) == len(tree_leaves(self._row))
+        except (TypeError, KeyError, IndexError, ValueError):
+            complete = False
+        if not complete or not all(isinstance(ref, torch.Tensor) for _, ref in pairs):
+            raise ArgumentError("state must be the model's state (model.init_state(B))")
+        for t, ref in pairs:
+            if t.device.type != "cpu":
+                raise ArgumentError("the fused decode step runs on CPU states only")
+            shape = (rows, *ref.shape[1:])
+            if t.shape != shape or t.dtype != ref.dtype:
+                raise ArgumentError(
+                    f"a state tensor is {tuple(t.shape)} {t.dtype}; this model and {rows} ids "
+                    f"need {shape} {ref.dtype}"
+                )
+            if in_place and not t.is_contiguous():
+                raise ArgumentError("a state stepped in place must be contiguous")
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
