@@ -7,8 +7,7 @@ model = statewise.load("runs/char_lm")        # a checkpoint directory
 """
 
 from statewise import layers
-from statewise.classify import SequenceClassifier
-from statewise.forecast import Forecaster
+from statewise.estimators import Forecaster, NotFittedError, SequenceClassifier
 from statewise.infer import Engine
 from statewise.models import (
     ClassifierHead,
@@ -28,6 +27,7 @@ __all__ = [
     "Forecaster",
     "LanguageModel",
     "ModelConfig",
+    "NotFittedError",
     "SequenceClassifier",
     "build_model",
     "layers",

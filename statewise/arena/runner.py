@@ -1,7 +1,7 @@
 """One arena cell (a layer trained on a task with one seed, its lr sweep included) and the
 loop over all cells, which skips cells whose result file already exists (resume).
 
-Training reuses ``statewise.fit.train_loop`` (AdamW, warm-up + cosine, clipping, a step
+Training reuses ``statewise.estimators.fit.train_loop`` (AdamW, warm-up + cosine, clipping, a step
 count and a wall-clock budget), the metrics ``statewise.train.evaluate``. With a time
 budget the step count of a run is planned from three timed passes, so the cosine schedule
 ends when the budget does; the budget also stops the run if the plan was optimistic.
@@ -38,7 +38,7 @@ from statewise.arena.executors import environment
 from statewise.arena.suites import Suite, TaskSpec
 from statewise.arena.variants import layer_of, split_entry
 from statewise.errors import ArgumentError, TrainingDiverged
-from statewise.fit import train_loop
+from statewise.estimators.fit import train_loop
 from statewise.models import ModelConfig, build_model
 from statewise.tasks.base import unpack_batch
 from statewise.tasks.config import DataConfig, build_task

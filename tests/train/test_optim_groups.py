@@ -167,7 +167,7 @@ def test_s4d_dynamics_at_most_1e_3_in_the_trainer(tmp_path, tiny_text, seen_lrs,
 
 def test_s4d_dynamics_at_most_1e_3_in_fit_and_the_arena(seen_lrs):
     from statewise.arena.runner import _train_run
-    from statewise.fit import train_loop
+    from statewise.estimators.fit import train_loop
     from statewise.models import ModelConfig, build_model
     from statewise.tasks.config import DataConfig, build_task
     from statewise.train.evaluate import token_loss

@@ -9,8 +9,8 @@
 ``lengths`` (N,) (right padding) or ``mask`` (N, T) bool (True = real token). Under the hood:
 a ``ClassifierHead`` (models.heads) over a stack of recurrent blocks, reading the class from
 the state after the last real token, trained with cross-entropy, AdamW and warm-up/cosine
-(shared with ``Forecaster`` through statewise.fit). Real-valued inputs are standardised per
-channel with the training set's mean/std over real positions.
+(shared with ``Forecaster`` through statewise.estimators.fit). Real-valued inputs are
+standardised per channel with the training set's mean/std over real positions.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from statewise.errors import ArgumentError, ArgumentTypeError, CheckpointError
-from statewise.fit import (
+from statewise.estimators.fit import (
     NotFittedError,
     as_tensor,
     atomic_save,

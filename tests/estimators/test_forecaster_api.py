@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import statewise
-from statewise.forecast import NotFittedError
+from statewise.estimators.forecast import NotFittedError
 
 L, H = 12, 4
 
@@ -33,7 +33,7 @@ def multi():
 
 
 def test_exports_the_high_level_forecaster():
-    assert statewise.Forecaster.__module__ == "statewise.forecast"
+    assert statewise.Forecaster.__module__ == "statewise.estimators.forecast"
     assert statewise.ForecastHead.__module__ == "statewise.models.heads"
 
 

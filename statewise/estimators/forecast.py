@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 
 from statewise.errors import ArgumentError, CheckpointError
-from statewise.fit import (
+from statewise.estimators.fit import (
     NotFittedError,
     atomic_save,
     check_array,

@@ -9,7 +9,7 @@ import torch
 
 from statewise import Forecaster, SequenceClassifier
 from statewise.errors import ArgumentError, CheckpointError, TrainingDiverged
-from statewise.fit import train_loop
+from statewise.estimators.fit import train_loop
 from tests.run_dirs import file_bytes
 
 SMALL = dict(layer="gru", d_model=8, n_layers=1, mlp_ratio=0.0)

@@ -6,7 +6,7 @@ import torch
 
 import statewise
 from statewise import ClassifierHead, SequenceClassifier
-from statewise.classify import NotFittedError
+from statewise.estimators.classify import NotFittedError
 
 SMALL = dict(layer="gru", d_model=16, n_layers=1, mlp_ratio=0.0)
 
