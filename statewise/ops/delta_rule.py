@@ -30,8 +30,9 @@ Forms, each returning (o (B, H, T, d_v), S_T):
       u_t = beta_t (v_t - Gamma_t S_0^T k_t - sum_{s<t} D[t, s] (k_t . k_s) u_s)
 
   i.e. (I + A) U = diag(beta) (V - diag(Gamma) K S_0), A = tril(diag(beta) (K K^T * D), -1)
-  strictly lower. With the UT transform T = (I + A)^{-1} diag(beta) (one unit lower
-  triangular solve per chunk, ``torch.linalg.solve_triangular``):
+  strictly lower. With the UT transform T = (I + A)^{-1} diag(beta) (the inverse of one
+  unit lower triangular matrix per chunk, by block halving in GEMMs,
+  :func:`statewise.ops.triangular.unit_lower_inverse`):
 
       U   = U0 - W S_0,      U0 = T V,    W = T (Gamma * K)
       O   = (Gamma * Q) S_0 + (Q K^T * D) U
@@ -61,6 +62,7 @@ from torch.autograd.function import once_differentiable
 
 from statewise.ops.linear_attention import check_qkv, matrix_state, segsum
 from statewise.ops.precision import float32_recurrence
+from statewise.ops.triangular import unit_lower_inverse
 
 MODES = ("recurrent", "chunk")
 
@@ -265,13 +267,10 @@ def delta_rule_chunk(
         k_start, q_start = k * from_start, q * from_start
         k_end = k * decay[..., -1, :].unsqueeze(-1)  # k_s D[C, s]
         whole = from_start[..., -1, :]  # Gamma_C, (B, H, N, 1)
-    # A = diag(beta) (K K^T * D) below the diagonal. Solve (I + A) [U0, W] = diag(beta)
-    # [V, Gamma K]: the solver reads only the strictly lower triangle (unitriangular), and
-    # its gradient with respect to the matrix is that triangle's
-    lower = beta * ((k @ k.transpose(-1, -2)) * decay)
-    solved = torch.linalg.solve_triangular(
-        lower, beta * torch.cat([v, k_start], dim=-1), upper=False, unitriangular=True
-    )
+    # A = diag(beta) (K K^T * D) below the diagonal; [U0, W] = (I + A)^{-1} diag(beta)
+    # [V, Gamma K] (unit_lower_inverse reads only the strictly lower triangle)
+    inverse = unit_lower_inverse(beta * ((k @ k.transpose(-1, -2)) * decay))
+    solved = inverse @ (beta * torch.cat([v, k_start], dim=-1))
     scores = (q @ k.transpose(-1, -2)) * decay  # (Q K^T * D), lower incl. the diagonal
     o, scores_w = (scores @ solved).split([d_v, d_k], dim=-1)  # (Q K^T * D) [U0, W]
     q_eff = q_start - scores_w  # (B, H, N, C, d_k)
