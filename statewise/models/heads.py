@@ -138,13 +138,13 @@ class ClassifierHead(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = _input_layer(config)
+        self.embed = input_layer(config)
         self.backbone = Backbone(config)
         self.classify = nn.Linear(config.d_model, config.n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h, _ = self.backbone(self.embed(x), None, mask)
-        return self.classify(_last_real(h, mask))
+        return self.classify(last_real(h, mask))
 
 
 class ForecastHead(nn.Module):
@@ -163,11 +163,11 @@ class ForecastHead(nn.Module):
                 f"x must have shape (batch, seq_len, {self.config.input_dim}), got {tuple(x.shape)}"
             )
         h, _ = self.backbone(self.embed(x), None, mask)
-        out = self.project(_last_real(h, mask))
+        out = self.project(last_real(h, mask))
         return out.view(x.shape[0], self.config.horizon, self.config.input_dim)
 
 
-def _input_layer(config: ModelConfig) -> nn.Module:
+def input_layer(config: ModelConfig) -> nn.Module:
     """Token embedding, N(0, embed_std^2) as the language model's, or a linear map of values."""
     if config.vocab_size > 0:
         embed = nn.Embedding(config.vocab_size, config.d_model)
@@ -176,7 +176,7 @@ def _input_layer(config: ModelConfig) -> nn.Module:
     return nn.Linear(config.input_dim, config.d_model)
 
 
-def _last_real(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def last_real(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """h (B, T, D) at each row's last True position of mask (the last position if None)."""
     if mask is None:
         return h[:, -1]
