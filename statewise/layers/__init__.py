@@ -13,6 +13,18 @@ from statewise.layers.registry import LayerInfo, get, info, names, register
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
+from statewise.layers.bidirectional import Bidirectional  # noqa: E402
 from statewise.layers.classic import GRU, LSTM, RNN  # noqa: E402
 
-__all__ = ["GRU", "LSTM", "RNN", "LayerInfo", "SequenceMixer", "get", "info", "names", "register"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Bidirectional",
+    "LayerInfo",
+    "SequenceMixer",
+    "get",
+    "info",
+    "names",
+    "register",
+]

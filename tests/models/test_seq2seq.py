@@ -2,7 +2,6 @@
 finds the best sequence a brute-force enumeration finds."""
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -66,30 +65,24 @@ def test_greedy_equals_beam_of_one():
     assert greedy_decode(model, src, max_len=6)[0] == beam_search(model, src, beam=1, max_len=6)[0]
 
 
-def _sequence_logp(model, src, seq):
-    enc = model.encode(src[None])
-    state, total, token = enc.state, 0.0, torch.tensor([BOS])
-    for tok in seq:
-        logp, state, _ = model.step(token, state, enc)
-        total += logp[0, tok].item()
-        token = torch.tensor([tok])
-    return total
-
-
 def _brute_force_best(model, src, length_penalty, max_len=3):
     """The best of every sequence ended by EOS within max_len tokens and every open one of
-    max_len tokens, scored as beam_search scores them."""
-    best, best_seq = -math.inf, None
+    max_len tokens, scored as beam_search scores them (log-probabilities from one teacher-
+    forced forward over all candidates: the decoder is causal, so right padding is inert)."""
     others = [t for t in range(model.output.out_features) if t != EOS]
     candidates = [
         list(s) + [EOS] for n in range(max_len) for s in itertools.product(others, repeat=n)
     ]
     candidates += [list(s) for s in itertools.product(others, repeat=max_len)]
-    for seq in candidates:
-        score = _sequence_logp(model, src, seq) / len(seq) ** length_penalty
-        if score > best:
-            best, best_seq = score, seq[:-1] if seq[-1] == EOS else seq
-    return best_seq
+    target = torch.tensor([c + [0] * (max_len - len(c)) for c in candidates])
+    target_in = torch.cat([torch.full((len(candidates), 1), BOS), target[:, :-1]], 1)
+    logits, _ = model(src.expand(len(candidates), -1), target_in)
+    logp = logits.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    real = torch.tensor([[t < len(c) for t in range(max_len)] for c in candidates])
+    lengths = real.sum(1)
+    scores = (logp * real).sum(1) / lengths.double() ** length_penalty
+    best = candidates[int(scores.argmax())]
+    return best[:-1] if best[-1] == EOS else best
 
 
 def test_a_wide_beam_finds_the_brute_force_best():
