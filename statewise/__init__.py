@@ -7,7 +7,7 @@ model = statewise.load("runs/char_lm")        # a checkpoint directory
 """
 
 from statewise import layers
-from statewise.estimators import Forecaster, NotFittedError, SequenceClassifier
+from statewise.estimators import Forecaster, NotFittedError, Seq2Seq, SequenceClassifier
 from statewise.infer import Engine
 from statewise.models import (
     ClassifierHead,
@@ -28,6 +28,7 @@ __all__ = [
     "LanguageModel",
     "ModelConfig",
     "NotFittedError",
+    "Seq2Seq",
     "SequenceClassifier",
     "build_model",
     "layers",

@@ -1,8 +1,10 @@
 """fit / predict estimators for people who do not build models, sharing one fitting loop
-(:mod:`statewise.estimators.fit`): :class:`Forecaster` and :class:`SequenceClassifier`."""
+(:mod:`statewise.estimators.fit`): :class:`Forecaster`, :class:`SequenceClassifier`,
+:class:`Seq2Seq`."""
 
 from statewise.estimators.classify import SequenceClassifier
 from statewise.estimators.fit import NotFittedError
 from statewise.estimators.forecast import Forecaster
+from statewise.estimators.seq2seq import Seq2Seq
 
-__all__ = ["Forecaster", "NotFittedError", "SequenceClassifier"]
+__all__ = ["Forecaster", "NotFittedError", "Seq2Seq", "SequenceClassifier"]
