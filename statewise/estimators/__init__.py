@@ -4,7 +4,7 @@
 
 from statewise.estimators.classify import SequenceClassifier
 from statewise.estimators.fit import NotFittedError
-from statewise.estimators.forecast import Forecaster
+from statewise.estimators.forecast.forecaster import Forecaster
 from statewise.estimators.seq2seq import Seq2Seq
 
 __all__ = ["Forecaster", "NotFittedError", "Seq2Seq", "SequenceClassifier"]

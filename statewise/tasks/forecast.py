@@ -18,6 +18,10 @@ takes the remainder).
 
 Normalisation: each column is standardised with the mean and standard deviation
 (population, ddof=0, as sklearn's StandardScaler) of the training rows only.
+``series_statistics`` is the general form the Forecaster uses per series and per column,
+NaN (missing) values left out: "standard" (mean, population std), "robust" (median,
+interquartile range q75 - q25, the median/IQR of sklearn's RobustScaler) or None (0, 1);
+a scale of 0 (a constant column) becomes 1.
 
 Windows: ``windows(series, input_len, horizon)`` cuts every (context, target) pair with
 stride 1. For the validation and test parts the contexts may reach back into the rows
@@ -52,6 +56,7 @@ ETT_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)  # 8640, 2880, 2880
 FRACTIONS = (0.7, 0.1, 0.2)
 BUILTIN = {"co2": ("statsmodels", "datasets/co2/co2.csv", "statsmodels")}
 BUILTIN_PERIODS = {"co2": 52}
+SCALERS = ("standard", "robust", None)
 
 
 def read_csv(
@@ -166,9 +171,27 @@ def split_series(data: torch.Tensor, columns: list[str]) -> Splits:
 
 def train_statistics(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column mean and population std of ``train`` (rows, C); a constant column gets 1."""
-    mean = train.mean(dim=0)
-    std = train.std(dim=0, correction=0)
-    return mean, torch.where(std > 0, std, torch.ones_like(std))
+    return series_statistics(train, "standard")
+
+
+def series_statistics(
+    values: torch.Tensor, scaler: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column (shift, scale) of ``values`` (rows, C) by ``scaler`` (one of SCALERS),
+    NaN values left out; a column without any value gets NaN, a scale of 0 becomes 1."""
+    if scaler not in SCALERS:
+        raise DataError(f"scaler must be one of {SCALERS}, got {scaler!r}")
+    width = values.shape[1:]
+    if scaler is None:
+        return torch.zeros(width, dtype=values.dtype), torch.ones(width, dtype=values.dtype)
+    if scaler == "standard":
+        shift = values.nanmean(dim=0)
+        scale = ((values - shift) ** 2).nanmean(dim=0).sqrt()
+    else:
+        q = torch.tensor([0.25, 0.5, 0.75], dtype=values.dtype)
+        low, shift, high = values.nanquantile(q, dim=0)
+        scale = high - low
+    return shift, torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def windows(
@@ -209,12 +232,21 @@ def seasonal_naive(x: torch.Tensor, horizon: int, period: int = 24) -> torch.Ten
 
 def fit_ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
     """Closed-form ridge from flattened contexts (+ bias) to flattened targets (float64)."""
+    return solve_ridge(*ridge_moments(x, y), x.shape[0], lam)
+
+
+def ridge_moments(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X^T X, X^T Y) of the windows x (W, input_len, C), y (W, horizon, C) with the bias
+    feature; sums over windows, so batches of windows add up."""
     features = _ridge_features(x)
-    n, k = features.shape
-    penalty = torch.eye(k, dtype=torch.float64) * lam * n
+    return features.T @ features, features.T @ y.reshape(x.shape[0], -1).double()
+
+
+def solve_ridge(gram: torch.Tensor, xty: torch.Tensor, n: int, lam: float) -> torch.Tensor:
+    """W = (X^T X + lam * n * I')^{-1} X^T Y, I' without the bias (see the module doc)."""
+    penalty = torch.eye(gram.shape[0], dtype=torch.float64) * lam * n
     penalty[-1, -1] = 0.0  # the bias is not penalised
-    gram = features.T @ features + penalty
-    return torch.linalg.solve(gram, features.T @ y.reshape(n, -1).double())
+    return torch.linalg.solve(gram + penalty, xty)
 
 
 def ridge_predict(weights: torch.Tensor, x: torch.Tensor, horizon: int) -> torch.Tensor:

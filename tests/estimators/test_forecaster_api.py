@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import statewise
-from statewise.estimators.forecast import NotFittedError
+from statewise.estimators.forecast.forecaster import NotFittedError
 
 L, H = 12, 4
 
@@ -33,7 +33,7 @@ def multi():
 
 
 def test_exports_the_high_level_forecaster():
-    assert statewise.Forecaster.__module__ == "statewise.estimators.forecast"
+    assert statewise.Forecaster.__module__ == "statewise.estimators.forecast.forecaster"
     assert statewise.ForecastHead.__module__ == "statewise.models.heads"
 
 
@@ -68,9 +68,9 @@ def test_predictions_are_in_original_units(uni):
     batch = np.stack([series[i : i + L] for i in range(3)])
     single = uni.predict(series[:L])
     np.testing.assert_allclose(uni.predict(batch)[0], single, rtol=1e-5, atol=1e-5)
-    norm = (torch.tensor(series[:L], dtype=torch.float32)[None, :, None] - uni.mean) / uni.std
+    norm = (torch.tensor(series[:L], dtype=torch.float64)[None, :, None] - uni.shift) / uni.scale
     with torch.no_grad():
-        expected = uni._forward(norm) * uni.std + uni.mean
+        expected = uni._forward(norm) * uni.scale + uni.shift
     np.testing.assert_allclose(single, expected[0, :, 0].numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -80,7 +80,7 @@ def test_fit_reduces_training_loss_on_a_sine():
     assert len(losses) == 60
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     metrics = f.evaluate(_sine(60))
-    assert set(metrics) == {"mse", "mae"} and metrics["mse"] < np.mean(losses[:5])
+    assert set(metrics) == {"mse", "mae", "crps"} and metrics["mse"] < np.mean(losses[:5])
 
 
 def test_fit_with_validation_and_budget():
@@ -98,6 +98,14 @@ def test_save_load_round_trip(uni, tmp_path):
     assert loaded.options == uni.options
     with pytest.raises(ValueError, match="not a saved Forecaster"):
         statewise.Forecaster.load(tmp_path / "missing")
+    old = tmp_path / "old"  # the two files of a save from before the DataFrame API
+    old.mkdir()
+    for name in ("forecaster.json", "model.safetensors"):
+        (old / name).write_bytes((tmp_path / "fc" / name).read_bytes())
+    with pytest.raises(ValueError, match="saved by an earlier statewise .* fit again"):
+        statewise.Forecaster.load(old)
+    with pytest.raises(ValueError, match="exists and is not a saved Forecaster"):
+        uni.save(old)  # and saving over it is refused: it is not ours to replace
 
 
 def test_errors(uni):
