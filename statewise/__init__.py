@@ -7,7 +7,14 @@ model = statewise.load("runs/char_lm")        # a checkpoint directory
 """
 
 from statewise import layers
-from statewise.estimators import Forecaster, NotFittedError, Seq2Seq, SequenceClassifier
+from statewise.estimators import (
+    Forecaster,
+    NotFittedError,
+    Recognizer,
+    Seq2Seq,
+    SequenceClassifier,
+    SequenceTagger,
+)
 from statewise.infer import Engine
 from statewise.models import (
     ClassifierHead,
@@ -28,8 +35,10 @@ __all__ = [
     "LanguageModel",
     "ModelConfig",
     "NotFittedError",
+    "Recognizer",
     "Seq2Seq",
     "SequenceClassifier",
+    "SequenceTagger",
     "build_model",
     "layers",
     "load",

@@ -15,38 +15,31 @@ standardised per channel with the training set's mean/std over real positions.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from statewise.errors import ArgumentError, ArgumentTypeError, CheckpointError
+from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.fit import (
     NotFittedError,
     as_tensor,
-    atomic_save,
     check_finite,
     check_limits,
-    load_saved_weights,
-    read_saved,
     total_steps,
     train_loop,
     unchanged_if_diverged,
 )
+from statewise.estimators.saved import SavedEstimator, optional_list, optional_tensor
 from statewise.models.config import ModelConfig
 from statewise.models.heads import ClassifierHead
 
 __all__ = ["NotFittedError", "SequenceClassifier"]
 
-_FILES = ("classifier.json", "model.safetensors")
 
-
-class SequenceClassifier:
+class SequenceClassifier(SavedEstimator):
     """Classify whole sequences: token ids (N, T) or values (N, T) / (N, T, C) -> labels (N,).
 
     n_classes: inferred at fit as max(y) + 1 (at least 2) when None.
@@ -55,6 +48,9 @@ class SequenceClassifier:
     tokens with vocab_size = max(x) + 1; floating: values with C channels).
     **model_kwargs: any other ``ModelConfig`` field (mlp_ratio, layer_kwargs, ...).
     """
+
+    kind = "SequenceClassifier"
+    files = ("classifier.json", "model.safetensors")
 
     def __init__(
         self,
@@ -198,43 +194,19 @@ class SequenceClassifier:
 
     # ---- persistence ---------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
-        """Write classifier.json + model.safetensors into directory ``path`` atomically."""
-        self._require_fit("save")
-        meta = {
-            "options": self.options,
+    def _fitted(self) -> dict[str, Any]:
+        return {
             "n_classes": self.n_classes,
             "vocab_size": self.vocab_size,
             "input_dim": self.input_dim,
-            "mean": None if self.mean is None else self.mean.tolist(),
-            "std": None if self.std is None else self.std.tolist(),
+            "mean": optional_list(self.mean),
+            "std": optional_list(self.std),
         }
 
-        def write(tmp: Path) -> tuple[str, ...]:
-            (tmp / _FILES[0]).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            safetensors.torch.save_model(self.model, str(tmp / _FILES[1]))
-            return _FILES
-
-        atomic_save(path, write, "SequenceClassifier", _FILES)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SequenceClassifier:
-        meta = read_saved(path, "SequenceClassifier", _FILES)
-        try:
-            options = dict(meta["options"])
-            model_kwargs = options.pop("model_kwargs")
-            self = cls(**options, **model_kwargs)
-            self.n_classes, self.vocab_size = meta["n_classes"], meta["vocab_size"]
-            self.input_dim = meta["input_dim"]
-            if meta["mean"] is not None:
-                self.mean = torch.tensor(meta["mean"], dtype=torch.float32)
-                self.std = torch.tensor(meta["std"], dtype=torch.float32)
-            self.model = self._build()
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: {_FILES[0]} does not describe a model: {err}") from None
-        load_saved_weights(self.model, path)
-        self.model.eval()
-        return self
+    def _restore(self, meta: dict[str, Any]) -> None:
+        self.n_classes, self.vocab_size = meta["n_classes"], meta["vocab_size"]
+        self.input_dim = meta["input_dim"]
+        self.mean, self.std = optional_tensor(meta["mean"]), optional_tensor(meta["std"])
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -330,10 +302,6 @@ class SequenceClassifier:
             "accuracy": (logits.argmax(-1) == labels).double().mean().item(),
             "loss": F.cross_entropy(logits, labels).item(),
         }
-
-    def _require_fit(self, what: str) -> None:
-        if self.model is None:
-            raise NotFittedError(f"call fit before {what}: this SequenceClassifier is not trained")
 
 
 def _real_mask(lengths: Any, mask: Any, n: int, T: int) -> torch.Tensor | None:

@@ -44,6 +44,8 @@ from statewise.train.optim import (
     set_lr,
 )
 
+DECODE_BATCH = 256  # rows per forward when an estimator predicts: bounds the memory
+
 
 class NotFittedError(InputError, ValueError):
     """predict / evaluate / save called before fit."""

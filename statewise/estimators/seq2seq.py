@@ -18,28 +18,24 @@ weights kept). Decoding runs the decoder in step mode: greedy by default, beam s
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from statewise.errors import ArgumentError, ArgumentTypeError, CheckpointError
+from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.fit import (
-    NotFittedError,
-    atomic_save,
+    DECODE_BATCH,
     check_limits,
-    load_saved_weights,
-    read_saved,
     total_steps,
     train_loop,
     unchanged_if_diverged,
 )
+from statewise.estimators.saved import SavedEstimator
 from statewise.models.config import ModelConfig
 from statewise.models.decoding import beam_search, greedy_decode
 from statewise.models.seq2seq import ATTENTIONS, Seq2SeqModel
@@ -48,9 +44,6 @@ from statewise.tasks.seq_metrics import character_error_rate, exact_match
 from statewise.tasks.transduction import CharVocab
 
 __all__ = ["Seq2Seq"]
-
-_FILES = ("seq2seq.json", "model.safetensors")
-_DECODE_BATCH = 256
 
 
 def _strings(value: Any, name: str) -> list[str]:
@@ -67,13 +60,16 @@ def _strings(value: Any, name: str) -> list[str]:
     return out
 
 
-class Seq2Seq:
+class Seq2Seq(SavedEstimator):
     """Map strings to strings (module docstring).
 
     encoder, decoder: registered layer names (decoder defaults to the encoder's layer; it
     must have a ``step``). attention: "bahdanau", "luong" or None. **model_kwargs: any
     other ModelConfig field of both stacks (mlp_ratio, layer_kwargs, ...).
     """
+
+    kind = "Seq2Seq"
+    files = ("seq2seq.json", "model.safetensors")
 
     def __init__(
         self,
@@ -198,8 +194,8 @@ class Seq2Seq:
         src = _strings(sources, "sources")
         self.model.eval()
         outputs, aligns = [], []
-        for i in range(0, len(src), _DECODE_BATCH):
-            chunk = src[i : i + _DECODE_BATCH]
+        for i in range(0, len(src), DECODE_BATCH):
+            chunk = src[i : i + DECODE_BATCH]
             ids = self.vocab.batch(chunk)
             mask, max_len = ids != 0, self.options["max_output_len"]
             if beam == 1:
@@ -252,32 +248,11 @@ class Seq2Seq:
 
     # ---- persistence ---------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
-        """Write seq2seq.json + model.safetensors into directory ``path`` atomically."""
-        self._require_fit("save")
-        meta = {"options": self.options, "characters": self.vocab.characters}
+    def _fitted(self) -> dict[str, Any]:
+        return {"characters": self.vocab.characters}
 
-        def write(tmp: Path) -> tuple[str, ...]:
-            (tmp / _FILES[0]).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            safetensors.torch.save_model(self.model, str(tmp / _FILES[1]))
-            return _FILES
-
-        atomic_save(path, write, "Seq2Seq", _FILES)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Seq2Seq:
-        meta = read_saved(path, "Seq2Seq", _FILES)
-        try:
-            options = dict(meta["options"])
-            model_kwargs = options.pop("model_kwargs")
-            self = cls(**options, **model_kwargs)
-            self.vocab = CharVocab(str(meta["characters"]))
-            self.model = self._build()
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: {_FILES[0]} does not describe a model: {err}") from None
-        load_saved_weights(self.model, path)
-        self.model.eval()
-        return self
+    def _restore(self, meta: dict[str, Any]) -> None:
+        self.vocab = CharVocab(str(meta["characters"]))
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -287,7 +262,3 @@ class Seq2Seq:
         encoder = ModelConfig(layer=opts["encoder"], n_layers=opts["encoder_layers"], **common)
         decoder = ModelConfig(layer=opts["decoder"], n_layers=opts["decoder_layers"], **common)
         return Seq2SeqModel(encoder, decoder, opts["attention"])
-
-    def _require_fit(self, what: str) -> None:
-        if self.model is None:
-            raise NotFittedError(f"call fit before {what}: this Seq2Seq is not trained")

@@ -12,17 +12,11 @@ from statewise import Forecaster
 from statewise.errors import ArgumentError
 from statewise.tasks.forecast import baselines, split_series
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 L, H = 36, 6
 BUILT_IN = dict(input_len=L, horizon=H)  # dlinear, ridge and seasonal naive take no model_kwargs
 TINY = dict(BUILT_IN, d_model=8, n_layers=1, mlp_ratio=1.0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def series(n: int = 400, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -7,23 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from statewise import Forecaster
 from statewise.errors import ArgumentTypeError, DataError
 from statewise.estimators.forecast.metrics import evaluate_cv
 from tests.estimators.test_forecast_dataframe_api import TINY, sine_panel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 H = TINY["horizon"]
 DF = sine_panel([80, 60], ["2021-01-01", "2021-01-03 07:00"])[["unique_id", "ds", "y", "promo"]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_cutoffs_rows_and_agreement_with_predict():

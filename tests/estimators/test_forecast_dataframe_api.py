@@ -12,17 +12,10 @@ import torch
 from statewise import Forecaster
 from statewise.errors import ArgumentError, ArgumentTypeError, DataError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 L, H = 24, 6
 TINY = dict(input_len=L, horizon=H, d_model=8, n_layers=1, mlp_ratio=1.0, batch_size=32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sine_panel(lengths, starts, sigma=0.3, seed=0, freq="h", ids=None) -> pd.DataFrame:

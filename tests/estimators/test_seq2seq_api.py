@@ -7,6 +7,8 @@ from statewise.errors import ArgumentError, ArgumentTypeError, CheckpointError, 
 from statewise.estimators.seq2seq import Seq2Seq
 from statewise.tasks.transduction import make_pairs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(d_model=32, mlp_ratio=0, batch_size=32, lr=5e-3)
 
 

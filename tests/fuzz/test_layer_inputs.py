@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import re
 import signal
 from collections.abc import Callable, Iterator
@@ -37,12 +36,13 @@ import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-import statewise.kernels
 import statewise.layers as L
 from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.ops.tree import tree_leaves, tree_map
 from tests.fuzz import FUZZ
 from tests.reference import REFERENCES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 D = 8  # d_model of every fuzzed layer
 DOCUMENTED = (ArgumentError, ArgumentTypeError)
@@ -74,24 +74,6 @@ BAD_DTYPES = (
 
 
 # ------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One thread (torch's and numba's) while fuzzing: the tensors here are tiny, and on a
-    loaded machine a 2-thread parallel region waits for a time slice of the other core
-    (docs/kernels.md; the fused cell kernels of lstm, gru, rnn and slstm wake numba's pool
-    at any size), which made this file about 3x slower and its time depend on whatever
-    else ran."""
-    numba = importlib.import_module("numba") if statewise.kernels.numba_available() else None
-    before = torch.get_num_threads(), numba.get_num_threads() if numba else None
-    torch.set_num_threads(1)
-    if numba:
-        numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(before[0])
-    if numba:
-        numba.set_num_threads(before[1])
 
 
 @functools.cache

@@ -30,6 +30,8 @@ from statewise.train.config import RunConfig, config_from_dict
 from statewise.train.evaluate import evaluate_lengths
 from statewise.train.trainer import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # examples/parity_gru.toml with 600 steps instead of 1000. Measured (seeds 0-9, one 600-step
 # run each, one thread): accuracy 1.000 at every test length (41, 64, 128, 256) for every
 # seed. The in-distribution validation accuracy jumps from chance to 1.000 between steps 150
@@ -89,17 +91,6 @@ CHAR_LM: dict[str, Any] = {
 MAX_BITS_PER_CHAR = 2.6
 BELOW_PREVIOUS_BYTE = 0.5  # bits below the best model that sees only the previous byte
 BELOW_UNIGRAM = 1.5  # bits below the unigram entropy
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train on one thread, as calibrated (every number above is from one-thread runs).
-    It also keeps the time bounded on a busy machine: with the other core taken, the parity
-    run took 278 s on two threads that spun against each other, 17 s on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config_with(base: dict[str, Any], **train: Any) -> RunConfig:

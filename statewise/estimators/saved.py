@@ -1,0 +1,81 @@
+"""save / load shared by the estimators: options (the constructor's arguments), what fit
+learned, and a model rebuilt from them, in a directory written atomically."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from statewise.errors import CheckpointError
+from statewise.estimators.fit import NotFittedError, atomic_save, load_saved_weights, read_saved
+
+
+class SavedEstimator(ABC):
+    """save / load / the fitted check of an estimator held as ``options`` (its constructor's
+    arguments, ``model_kwargs`` among them), what fit learned (:meth:`_fitted`,
+    :meth:`_restore`) and a model (:meth:`_build`)."""
+
+    kind = ""
+    files: tuple[str, str] = ("", "model.safetensors")
+    options: dict[str, Any]
+    model: nn.Module | None
+
+    def save(self, path: str | Path) -> None:
+        """Write the metadata (JSON) and model.safetensors into directory ``path`` atomically."""
+        self._require_fit("save")
+        meta = {"options": self.options, **self._fitted()}
+
+        def write(tmp: Path) -> tuple[str, ...]:
+            (tmp / self.files[0]).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            safetensors.torch.save_model(self.model, str(tmp / self.files[1]))
+            return self.files
+
+        atomic_save(path, write, self.kind, self.files)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Any:
+        """The estimator saved in ``path`` (CheckpointError if it is not one)."""
+        meta = read_saved(path, cls.kind, cls.files)
+        try:
+            options = dict(meta["options"])
+            model_kwargs = options.pop("model_kwargs")
+            self = cls(**options, **model_kwargs)
+            self._restore(meta)
+            self.model = self._build()
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: {cls.files[0]} does not describe a model: {err}"
+            ) from None
+        load_saved_weights(self.model, path)
+        self.model.eval()
+        return self
+
+    def _require_fit(self, what: str) -> None:
+        if self.model is None:
+            raise NotFittedError(f"call fit before {what}: this {self.kind} is not trained")
+
+    @abstractmethod
+    def _fitted(self) -> dict[str, Any]:
+        """What fit learned besides the weights, as JSON values."""
+
+    @abstractmethod
+    def _restore(self, meta: dict[str, Any]) -> None:
+        """Set what :meth:`_fitted` saved."""
+
+    @abstractmethod
+    def _build(self) -> nn.Module:
+        """A fresh model for the options and what fit learned."""
+
+
+def optional_tensor(values: list[float] | None) -> torch.Tensor | None:
+    return None if values is None else torch.tensor(values, dtype=torch.float32)
+
+
+def optional_list(t: torch.Tensor | None) -> list[float] | None:
+    return None if t is None else t.tolist()
