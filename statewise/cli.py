@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
     _add_bench_serve_parser(bench)
     _add_bench_fused_parser(bench)
+    _add_bench_forecast_parser(bench)
     add_arena_parser(sub)
     add_data_parsers(sub)
 
@@ -637,6 +638,8 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
         return _bench_serve(args)
     if args.bench_command == "fused":
         return _bench_fused(args)
+    if args.bench_command == "forecast":
+        return _bench_forecast(args)
     cmd = f"statewise bench {args.bench_command}"
     if args.repeats <= 0:
         raise UsageError(f"{cmd}: --repeats must be >= 1, got {args.repeats}")
@@ -724,6 +727,72 @@ def _bench_fused(args: argparse.Namespace) -> int:
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _add_bench_forecast_parser(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser(
+        "forecast",
+        help="the long-horizon forecasting benchmark (ETT protocol): test MSE / MAE per layer "
+        "and horizon beside the published ones, resumable per cell (docs/forecasting.md)",
+    )
+    p.add_argument("--data", required=True, metavar="CSV", help="a date column, then variates")
+    p.add_argument("--horizons", metavar="H1,H2,...", help="default 96,192,336,720")
+    p.add_argument(
+        "--layers", metavar="A,B,...", help="default lstm,mingru,lru,mlstm,mamba,dlinear"
+    )
+    p.add_argument("--input-len", type=int, default=336, help="(336)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="training seconds per cell (default: 1200; dlinear: 10 epochs)",
+    )
+    p.add_argument("--epochs", type=int, help="epochs per cell (the first limit reached stops)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="one JSON per cell; a rerun resumes (default: "
+        "runs/bench-forecast-<data>-L<input-len>)",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the whole run to FILE as JSON")
+    p.add_argument("--loss", default="studentt", help="head of the recurrent rows (studentt)")
+    p.add_argument("--d-model", type=int, default=64, help="(64)")
+    p.add_argument("--n-layers", type=int, default=2, help="(2)")
+    p.add_argument("--patch-len", type=int, default=16, help="stride half of it; 0: no patches")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: all)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _bench_forecast(args: argparse.Namespace) -> int:
+    """``statewise bench forecast``: build the options, run the missing cells, print the table."""
+    from statewise.bench.forecast import run_forecast_bench
+    from statewise.bench.forecast_options import ForecastBench
+    from statewise.bench.forecast_published import format_table
+
+    cmd = "statewise bench forecast"
+    lists = {}
+    if args.horizons:
+        lists["horizons"] = tuple(_csv(args.horizons, "--horizons", int, cmd))
+    if args.layers:
+        lists["layers"] = tuple(_csv(args.layers, "--layers", str, cmd))
+    bench = ForecastBench(
+        data=args.data,
+        input_len=args.input_len,
+        budget_s=args.budget_s,
+        epochs=args.epochs,
+        out=args.out,
+        json=args.json,
+        loss=args.loss,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        patch_len=args.patch_len,
+        seed=args.seed,
+        threads=args.threads,
+        progress=args.progress,
+        **lists,
+    )
+    print(format_table(run_forecast_bench(bench)))
     return 0
 
 
