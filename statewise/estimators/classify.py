@@ -15,7 +15,6 @@ standardised per channel with the training set's mean/std over real positions.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,6 @@ from statewise.estimators.fit import (
     as_tensor,
     check_finite,
     check_limits,
-    total_steps,
-    train_loop,
     unchanged_if_diverged,
 )
 from statewise.estimators.saved import SavedEstimator, optional_list, optional_tensor
@@ -137,10 +134,6 @@ class SequenceClassifier(SavedEstimator):
         torch.manual_seed(self.options["seed"])
         self.model = self._build()
         inputs = self._normalise(inputs)
-        opts = self.options
-        total = total_steps(
-            math.ceil(len(labels) / opts["batch_size"]), epochs, max_steps, budget_s
-        )
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             batch_real = None if real is None else real[idx]
@@ -151,18 +144,13 @@ class SequenceClassifier(SavedEstimator):
             self.history[-1]["val_accuracy"] = scores["accuracy"]
             return "val_loss", scores["loss"]
 
-        train_loop(
-            self.model,
+        self._train(
             loss_fn,
             len(labels),
-            batch_size=opts["batch_size"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            seed=opts["seed"],
-            total=total,
+            epochs=epochs,
+            max_steps=max_steps,
             budget_s=budget_s,
             progress=progress,
-            history=self.history,
             validate=None if val_data is None else validate,
         )
         return self

@@ -21,7 +21,6 @@ to its longest sequence.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -33,8 +32,6 @@ from statewise.estimators.fit import (
     as_tensor,
     check_finite,
     check_limits,
-    total_steps,
-    train_loop,
     unchanged_if_diverged,
 )
 from statewise.estimators.saved import SavedEstimator, optional_list, optional_tensor
@@ -199,10 +196,6 @@ class Recognizer(SavedEstimator):
         padded, label_lengths = _pad_labels(labels)
         torch.manual_seed(self.options["seed"])
         self.model = self._build()
-        opts = self.options
-        total = total_steps(
-            math.ceil(len(values) / opts["batch_size"]), epochs, max_steps, budget_s
-        )
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             frames, n = int(lengths[idx].max()), max(1, int(label_lengths[idx].max()))
@@ -213,18 +206,13 @@ class Recognizer(SavedEstimator):
             got = self._decode(val_x, val_lengths, beam=1)
             return "val_cer", character_error_rate(val_y, got)
 
-        train_loop(
-            self.model,
+        self._train(
             loss_fn,
             len(values),
-            batch_size=opts["batch_size"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            seed=opts["seed"],
-            total=total,
+            epochs=epochs,
+            max_steps=max_steps,
             budget_s=budget_s,
             progress=progress,
-            history=self.history,
             validate=None if val is None else validate,
         )
         return self

@@ -1,10 +1,13 @@
-"""save / load shared by the estimators: options (the constructor's arguments), what fit
-learned, and a model rebuilt from them, in a directory written atomically."""
+"""What the estimators share: training their model with the shared loop from their options,
+and save / load: options (the constructor's arguments), what fit learned, and a model
+rebuilt from them, in a directory written atomically."""
 
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,14 @@ import torch
 from torch import nn
 
 from statewise.errors import CheckpointError
-from statewise.estimators.fit import NotFittedError, atomic_save, load_saved_weights, read_saved
+from statewise.estimators.fit import (
+    NotFittedError,
+    atomic_save,
+    load_saved_weights,
+    read_saved,
+    total_steps,
+    train_loop,
+)
 
 
 class SavedEstimator(ABC):
@@ -25,6 +35,37 @@ class SavedEstimator(ABC):
     files: tuple[str, str] = ("", "model.safetensors")
     options: dict[str, Any]
     model: nn.Module | None
+
+    history: list[dict[str, float]]
+
+    def _train(
+        self,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        n: int,
+        *,
+        epochs: int | None,
+        max_steps: int | None,
+        budget_s: float | None,
+        progress: bool,
+        validate: Callable[[], tuple[str, float]] | None,
+    ) -> None:
+        """Train ``self.model`` on ``loss_fn(indices)`` over ``n`` examples with the shared
+        loop, batch size, learning rate, weight decay and seed from ``self.options``."""
+        opts = self.options
+        train_loop(
+            self.model,
+            loss_fn,
+            n,
+            batch_size=opts["batch_size"],
+            lr=opts["lr"],
+            weight_decay=opts["weight_decay"],
+            seed=opts["seed"],
+            total=total_steps(math.ceil(n / opts["batch_size"]), epochs, max_steps, budget_s),
+            budget_s=budget_s,
+            progress=progress,
+            history=self.history,
+            validate=validate,
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the metadata (JSON) and model.safetensors into directory ``path`` atomically."""

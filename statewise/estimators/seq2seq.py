@@ -18,7 +18,6 @@ weights kept). Decoding runs the decoder in step mode: greedy by default, beam s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,6 @@ from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.fit import (
     DECODE_BATCH,
     check_limits,
-    total_steps,
-    train_loop,
     unchanged_if_diverged,
 )
 from statewise.estimators.saved import SavedEstimator
@@ -151,8 +148,6 @@ class Seq2Seq(SavedEstimator):
         )
         torch.manual_seed(self.options["seed"])
         self.model = self._build()
-        opts = self.options
-        total = total_steps(math.ceil(len(src) / opts["batch_size"]), epochs, max_steps, budget_s)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             width = int((source_ids[idx] != 0).sum(1).max().clamp_min(1))
@@ -166,18 +161,13 @@ class Seq2Seq(SavedEstimator):
             score = self.evaluate(val_src, val_tgt)["exact_match"]
             return "val_error", 1.0 - score
 
-        train_loop(
-            self.model,
+        self._train(
             loss_fn,
             len(src),
-            batch_size=opts["batch_size"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            seed=opts["seed"],
-            total=total,
+            epochs=epochs,
+            max_steps=max_steps,
             budget_s=budget_s,
             progress=progress,
-            history=self.history,
             validate=None if val is None else validate,
         )
         return self

@@ -24,7 +24,6 @@ one tag other than ``outside`` as a span; "bio" / "bioes" read the tags through
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +34,6 @@ from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.fit import (
     DECODE_BATCH,
     check_limits,
-    total_steps,
-    train_loop,
     unchanged_if_diverged,
 )
 from statewise.estimators.saved import SavedEstimator, optional_list, optional_tensor
@@ -191,9 +188,6 @@ class SequenceTagger(SavedEstimator):
         inputs = self._standardise(inputs)
         torch.manual_seed(opts["seed"])
         self.model = self._build()
-        total = total_steps(
-            math.ceil(len(inputs) / opts["batch_size"]), epochs, max_steps, budget_s
-        )
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             width = int(lengths[idx].max())
@@ -206,18 +200,13 @@ class SequenceTagger(SavedEstimator):
             got = _as_lists(self._decode(val_in, val_lengths), val_lengths)
             return "val_error", 1.0 - token_accuracy(_as_lists(val_tags, val_lengths), got)
 
-        train_loop(
-            self.model,
+        self._train(
             loss_fn,
             len(inputs),
-            batch_size=opts["batch_size"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            seed=opts["seed"],
-            total=total,
+            epochs=epochs,
+            max_steps=max_steps,
             budget_s=budget_s,
             progress=progress,
-            history=self.history,
             validate=None if val is None else validate,
         )
         return self
