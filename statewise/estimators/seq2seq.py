@@ -61,7 +61,8 @@ class Seq2Seq(SavedEstimator):
     """Map strings to strings (module docstring).
 
     encoder, decoder: registered layer names (decoder defaults to the encoder's layer; it
-    must have a ``step``). attention: "bahdanau", "luong" or None. **model_kwargs: any
+    must have a ``step``). attention: "bahdanau", "luong" or None. bidirectional: the
+    encoder reads the source both ways (:mod:`statewise.models.encoder`). **model_kwargs: any
     other ModelConfig field of both stacks (mlp_ratio, layer_kwargs, ...).
     """
 
@@ -74,6 +75,7 @@ class Seq2Seq(SavedEstimator):
         decoder: str | None = None,
         attention: str | None = "bahdanau",
         *,
+        bidirectional: bool = False,
         d_model: int = 128,
         encoder_layers: int = 1,
         decoder_layers: int = 1,
@@ -98,6 +100,7 @@ class Seq2Seq(SavedEstimator):
             encoder=encoder,
             decoder=decoder or encoder,
             attention=attention,
+            bidirectional=bidirectional,
             d_model=d_model,
             encoder_layers=encoder_layers,
             decoder_layers=decoder_layers,
@@ -251,4 +254,4 @@ class Seq2Seq(SavedEstimator):
         common = dict(d_model=opts["d_model"], vocab_size=self.vocab.size, **opts["model_kwargs"])
         encoder = ModelConfig(layer=opts["encoder"], n_layers=opts["encoder_layers"], **common)
         decoder = ModelConfig(layer=opts["decoder"], n_layers=opts["decoder_layers"], **common)
-        return Seq2SeqModel(encoder, decoder, opts["attention"])
+        return Seq2SeqModel(encoder, decoder, opts["attention"], opts["bidirectional"])

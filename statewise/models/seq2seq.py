@@ -1,6 +1,7 @@
 """Encoder-decoder over any registered layers, with additive or multiplicative attention.
 
-    memory  = encoder(source)                          (B, S, D), a stack of blocks
+    memory  = encoder(source)                          (B, S, D), a stack of blocks, causal or
+                                                       bidirectional (models.encoder)
     summary = memory at each source's last real position     (B, D)
     state_0 = init_state + bridge(summary)             decoder state, leaf by leaf
     h_t     = decoder(embed(y_{t-1}), state)           (B, D), causal; steps in O(1)
@@ -33,7 +34,8 @@ from torch import nn
 from statewise.errors import ArgumentError
 from statewise.models.block import Backbone
 from statewise.models.config import ModelConfig
-from statewise.models.heads import input_layer, last_real
+from statewise.models.encoder import SequenceEncoder
+from statewise.models.heads import last_real
 from statewise.ops.tree import State, tree_leaves, tree_unflatten
 
 ATTENTIONS = ("bahdanau", "luong", None)
@@ -116,11 +118,16 @@ class Seq2SeqModel(nn.Module):
     encoder, decoder: ModelConfig of each stack (any layers; the decoder's must step).
     encoder.vocab_size > 0: token ids; 0: real features of width encoder.input_dim.
     decoder.vocab_size: the target vocabulary, BOS / EOS included. Both use decoder.d_model
-    (the encoder's output is projected when the widths differ).
+    (the encoder's output is projected when the widths differ). bidirectional: each
+    encoder block reads the source both ways.
     """
 
     def __init__(
-        self, encoder: ModelConfig, decoder: ModelConfig, attention: str | None = "bahdanau"
+        self,
+        encoder: ModelConfig,
+        decoder: ModelConfig,
+        attention: str | None = "bahdanau",
+        bidirectional: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
@@ -129,8 +136,7 @@ class Seq2SeqModel(nn.Module):
             raise ArgumentError("decoder.vocab_size must be the target vocabulary (>= 1)")
         self.encoder_config, self.decoder_config = encoder, decoder
         d_model = decoder.d_model
-        self.source_embed = input_layer(encoder)
-        self.encoder = Backbone(encoder)
+        self.encoder = SequenceEncoder(encoder, bidirectional)
         self.to_decoder = (
             nn.Identity() if encoder.d_model == d_model else nn.Linear(encoder.d_model, d_model)
         )
@@ -150,8 +156,7 @@ class Seq2SeqModel(nn.Module):
                 f"source_mask must be bool of shape {tuple(source.shape[:2])}, got "
                 f"{source_mask.dtype} {tuple(source_mask.shape)}"
             )
-        memory, _ = self.encoder(self.source_embed(source), None, source_mask)
-        memory = self.to_decoder(memory)
+        memory = self.to_decoder(self.encoder(source, source_mask))
         summary = last_real(memory, source_mask)
         initial = self.decoder.init_state(source.shape[0], source.device, memory.dtype)
         keys = None if self.attention is None else self.attention.keys(memory)

@@ -13,11 +13,13 @@ from statewise.models.seq2seq import Seq2SeqModel
 from statewise.tasks.transduction import BOS, EOS
 
 
-def _model(layer="lstm", attention="bahdanau", vocab=7, d_model=16, seed=0, **kw):
+def _model(
+    layer="lstm", attention="bahdanau", vocab=7, d_model=16, seed=0, bidirectional=False, **kw
+):
     torch.manual_seed(seed)
     enc = ModelConfig(layer=layer, d_model=d_model, n_layers=1, vocab_size=vocab, mlp_ratio=0, **kw)
     dec = ModelConfig(layer=layer, d_model=d_model, n_layers=2, vocab_size=vocab, mlp_ratio=0, **kw)
-    return Seq2SeqModel(enc, dec, attention).double().eval()
+    return Seq2SeqModel(enc, dec, attention, bidirectional).double().eval()
 
 
 @pytest.mark.parametrize("layer", ["lstm", "mingru", "retnet", "lru"])
@@ -45,8 +47,9 @@ def test_the_source_reaches_the_decoder_through_the_bridge_without_attention():
 
 
 @pytest.mark.parametrize("attention", ["bahdanau", None])
-def test_a_padded_source_gives_what_it_gives_alone(attention):
-    model = _model("gru", attention)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_padded_source_gives_what_it_gives_alone(attention, bidirectional):
+    model = _model("gru", attention, bidirectional=bidirectional)
     long, short = torch.tensor([3, 4, 5, 6, 3]), torch.tensor([6, 5])
     src = torch.stack([long, torch.cat([short, torch.zeros(3, dtype=torch.long)])])
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
@@ -122,3 +125,13 @@ def test_clear_errors():
         model.encode(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ArgumentError, match="beam"):
         beam_search(model, torch.zeros(1, 3, dtype=torch.long), beam=0)
+
+
+def test_a_bidirectional_encoder_reads_the_whole_source():
+    """The summary (the decoder's initial state) sees the last characters either way; the
+    first position's memory sees later characters only when bidirectional."""
+    for bidirectional in (False, True):
+        model = _model("mingru", "luong", bidirectional=bidirectional)
+        a, b = torch.tensor([[3, 4, 5, 6]]), torch.tensor([[3, 6, 5, 4]])
+        first = [model.encode(src).memory[0, 0] for src in (a, b)]
+        assert bool((first[0] - first[1]).abs().max() > 1e-9) == bidirectional
