@@ -32,7 +32,7 @@ class SavedEstimator(ABC):
     :meth:`_restore`) and a model (:meth:`_build`)."""
 
     kind = ""
-    files: tuple[str, str] = ("", "model.safetensors")
+    files: tuple[str, ...] = ("", "model.safetensors")  # a third: tensors fit learned
     options: dict[str, Any]
     model: nn.Module | None
 
@@ -68,13 +68,18 @@ class SavedEstimator(ABC):
         )
 
     def save(self, path: str | Path) -> None:
-        """Write the metadata (JSON) and model.safetensors into directory ``path`` atomically."""
+        """Write the metadata (JSON), model.safetensors and, for an estimator with a third
+        file, the tensors of :meth:`_fitted_tensors` into directory ``path`` atomically."""
         self._require_fit("save")
         meta = {"options": self.options, **self._fitted()}
+        tensors = self._fitted_tensors() if len(self.files) == 3 else None
 
         def write(tmp: Path) -> tuple[str, ...]:
             (tmp / self.files[0]).write_text(json.dumps(meta, indent=1), encoding="utf-8")
             safetensors.torch.save_model(self.model, str(tmp / self.files[1]))
+            if tensors is not None:
+                contiguous = {k: v.contiguous() for k, v in tensors.items()}
+                safetensors.torch.save_file(contiguous, str(tmp / self.files[2]))
             return self.files
 
         atomic_save(path, write, self.kind, self.files)
@@ -83,13 +88,21 @@ class SavedEstimator(ABC):
     def load(cls, path: str | Path) -> Any:
         """The estimator saved in ``path`` (CheckpointError if it is not one)."""
         meta = read_saved(path, cls.kind, cls.files)
+        tensors = None
+        if len(cls.files) == 3:
+            try:
+                tensors = safetensors.torch.load_file(str(Path(path) / cls.files[2]))
+            except (OSError, safetensors.SafetensorError) as err:
+                raise CheckpointError(f"{path}: {cls.files[2]} cannot be loaded: {err}") from None
         try:
             options = dict(meta["options"])
             model_kwargs = options.pop("model_kwargs")
             self = cls(**options, **model_kwargs)
             self._restore(meta)
+            if tensors is not None:
+                self._restore_tensors(meta, tensors)
             self.model = self._build()
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, IndexError) as err:
             raise CheckpointError(
                 f"{path}: {cls.files[0]} does not describe a model: {err}"
             ) from None
@@ -108,6 +121,14 @@ class SavedEstimator(ABC):
     @abstractmethod
     def _restore(self, meta: dict[str, Any]) -> None:
         """Set what :meth:`_fitted` saved."""
+
+    def _fitted_tensors(self) -> dict[str, torch.Tensor]:
+        """What fit learned as tensors, saved in ``files[2]`` (estimators with three files)."""
+        raise NotImplementedError(f"{self.kind} saves no tensors")
+
+    def _restore_tensors(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Set what :meth:`_fitted_tensors` saved."""
+        raise NotImplementedError(f"{self.kind} saves no tensors")
 
     @abstractmethod
     def _build(self) -> nn.Module:

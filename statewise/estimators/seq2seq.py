@@ -93,6 +93,7 @@ class Seq2Seq(SavedEstimator):
             ("encoder_layers", encoder_layers),
             ("decoder_layers", decoder_layers),
             ("batch_size", batch_size),
+            ("max_output_len", 1 if max_output_len is None else max_output_len),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ArgumentError(f"{name} must be a positive int, got {value!r}")

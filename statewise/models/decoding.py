@@ -84,6 +84,10 @@ def beam_search(
 ) -> Decoded:
     """Beam search (module docstring) -> token lists (EOS excluded) and alignments."""
     _check(max_len, beam)
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, int | float):
+        raise ArgumentError(f"length_penalty must be a number, got {length_penalty!r}")
+    if not math.isfinite(length_penalty):
+        raise ArgumentError(f"length_penalty must be finite, got {length_penalty!r}")
     enc = model.encode(source, source_mask)
     batch, n_src = source.shape[0], enc.memory.shape[1]
     rows = torch.arange(batch, device=source.device).repeat_interleave(beam)

@@ -57,6 +57,8 @@ def test_bad_input_is_refused_clearly(fitted):
         Seq2Seq(**SMALL).fit(["1", "2"], ["1"], max_steps=1, progress=False)
     with pytest.raises(ArgumentError, match="attention"):
         Seq2Seq(attention="dot")
+    with pytest.raises(ArgumentError, match="max_output_len must be a positive int"):
+        Seq2Seq(max_output_len=0)
     no_attention = Seq2Seq("gru", attention=None, **SMALL).fit(
         ["12"], ["21"], max_steps=1, progress=False
     )

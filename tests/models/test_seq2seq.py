@@ -125,6 +125,8 @@ def test_clear_errors():
         model.encode(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ArgumentError, match="beam"):
         beam_search(model, torch.zeros(1, 3, dtype=torch.long), beam=0)
+    with pytest.raises(ArgumentError, match="length_penalty must be finite"):
+        beam_search(model, torch.zeros(1, 3, dtype=torch.long), length_penalty=float("nan"))
 
 
 def test_a_bidirectional_encoder_reads_the_whole_source():

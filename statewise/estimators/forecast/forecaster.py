@@ -31,23 +31,17 @@ global model, with covariates, missing values and series of different lengths.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
-import safetensors.torch
 import torch
 
 from statewise.errors import ArgumentError, ArgumentTypeError, CheckpointError, DataError
 from statewise.estimators.fit import (
     NotFittedError,
-    atomic_save,
     check_limits,
-    load_saved_weights,
-    read_saved,
     unchanged_if_diverged,
 )
 from statewise.estimators.forecast.arrays import (
@@ -71,16 +65,16 @@ from statewise.estimators.forecast.training import (
     forecast_columns,
     mean_loss,
 )
+from statewise.estimators.saved import SavedEstimator
 from statewise.models.forecast.inputs import ForecastSpec
 from statewise.tasks.forecast import series_statistics
 
 __all__ = ["Forecaster", "NotFittedError"]
 
-_FILES = ("forecaster.json", "model.safetensors", "data.safetensors")
 _ARRAY_SEASON = 24  # seasonal naive on arrays: hourly data's day, as tasks.forecast
 
 
-class Forecaster:
+class Forecaster(SavedEstimator):
     """Forecast the next ``horizon`` values of series from their last ``input_len`` values.
 
     Options (docs/forecasting.md): layer (a registered layer, "dlinear", "seasonal_naive" or
@@ -90,6 +84,9 @@ class Forecaster:
     freq, alias (the name of the forecast column), season_length (seasonal naive),
     moving_avg (DLinear's kernel), ridge_lam; other keywords go to ModelConfig.
     """
+
+    kind = "Forecaster"
+    files = ("forecaster.json", "model.safetensors", "data.safetensors")
 
     def __init__(
         self,
@@ -440,60 +437,38 @@ class Forecaster:
 
     # ---- persistence ---------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
-        """Write forecaster.json, model.safetensors and data.safetensors (the scaling
-        statistics and, for a DataFrame model, what predict() continues) into directory
-        ``path`` atomically (a temporary sibling directory renamed into place)."""
-        self._require_fit("save")
-        meta: dict[str, Any] = {"options": self.options, "spec": dataclasses.asdict(self.spec)}
+    def _fitted(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"spec": dataclasses.asdict(self.spec)}
+        if self.frame is not None:
+            meta["frame"] = self.frame.saved()[0]
+        return meta
+
+    def _fitted_tensors(self) -> dict[str, torch.Tensor]:
+        """The scaling statistics and, for a DataFrame model, what predict() continues."""
         if self.frame is None:
-            tensors = {"shift": self.shift, "scale": self.scale}
+            return {"shift": self.shift, "scale": self.scale}
+        return self.frame.saved()[1]
+
+    def _restore(self, meta: dict[str, Any]) -> None:
+        self.spec = ForecastSpec(**meta["spec"])
+
+    def _restore_tensors(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        if "frame" in meta:
+            self.frame = FrameData.from_saved(meta["frame"], tensors)
         else:
-            meta["frame"], tensors = self.frame.saved()
+            self.shift, self.scale = tensors["shift"], tensors["scale"]
 
-        def write(tmp: Path) -> list[str]:
-            (tmp / _FILES[0]).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            safetensors.torch.save_model(self.model, str(tmp / _FILES[1]))
-            safetensors.torch.save_file(
-                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / _FILES[2])
-            )
-            return _FILES
-
-        atomic_save(path, write, "Forecaster", _FILES)
+    def _build(self) -> torch.nn.Module:
+        return build_network(self.options, self.spec)
 
     @classmethod
     def load(cls, path: str | Path) -> Forecaster:
         held = {p.name for p in Path(path).iterdir()} if Path(path).is_dir() else set()
-        if held == set(_FILES[:2]):
+        if held == set(cls.files[:2]):
             raise CheckpointError(
                 f"{path} is a Forecaster saved by an earlier statewise (before the DataFrame "
-                f"API, without {_FILES[2]}); its format cannot be read any more: fit again"
+                f"API, without {cls.files[2]}); its format cannot be read any more: fit again"
             )
-        meta = read_saved(path, "Forecaster", _FILES)
-        try:
-            tensors = safetensors.torch.load_file(str(Path(path) / _FILES[2]))
-        except (OSError, safetensors.SafetensorError) as err:
-            raise CheckpointError(f"{path}: {_FILES[2]} cannot be loaded: {err}") from None
-        try:
-            options = dict(meta["options"])
-            model_kwargs = options.pop("model_kwargs")
-            self = cls(**options, **model_kwargs)
-            self.spec = ForecastSpec(**meta["spec"])
-            self.model = build_network(self.options, self.spec)
-            if "frame" in meta:
-                self.frame = FrameData.from_saved(meta["frame"], tensors)
-            else:
-                self.shift, self.scale = tensors["shift"], tensors["scale"]
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise CheckpointError(
-                f"{path}: forecaster.json does not describe a model: {err}"
-            ) from None
-        load_saved_weights(self.model, path)
-        self.model.eval()
-        return self
+        return super().load(path)
 
     # ---- helpers -------------------------------------------------------------------------
-
-    def _require_fit(self, what: str) -> None:
-        if self.model is None:
-            raise NotFittedError(f"call fit before {what}: this Forecaster has not been trained")
