@@ -4,6 +4,7 @@ streamed and not, several streams at once giving what they give one at a time.""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -51,10 +52,22 @@ def test_completion_text_usage_and_finish_reason(served):
     assert out.usage.total_tokens == prompt_tokens + 12
 
 
-def test_streamed_completion_equals_the_whole_one_and_ends_with_a_finish_reason(served):
-    _, client, alone = served
+def test_streamed_completion_equals_the_whole_one_and_ends_with_a_finish_reason(
+    served, monkeypatch
+):
+    running, client, alone = served
     kwargs = dict(model="tiny-chat", prompt="O Romeo", max_tokens=30, temperature=0.9, seed=7)
     whole = client.completions.create(**kwargs).choices[0].text
+    # A tick of this tiny model takes well under a millisecond, so a runner that outpaces
+    # the event loop can legitimately finish all 30 tokens before the first piece is sent.
+    # Ticks that take 20 ms (as a real model's do) give the loop time to send pieces.
+    step = running.engine.step
+
+    def slow_step():
+        step()
+        time.sleep(0.02)
+
+    monkeypatch.setattr(running.engine, "step", slow_step)
     chunks = list(client.completions.create(stream=True, **kwargs))
     assert len(chunks) > 2  # pieces, not one blob
     assert "".join(c.choices[0].text for c in chunks) == whole
