@@ -111,7 +111,9 @@ def train_loop(
     """Minimise ``loss_fn(indices)`` over shuffled minibatches of ``n`` examples until
     ``total`` steps or ``budget_s`` seconds. After every epoch and at the end, ``validate()``
     -> (name, score, lower is better) is logged and the best weights are restored at the end.
-    A non-finite loss or gradient norm raises TrainingDiverged before that step is taken."""
+    A non-finite loss or gradient norm raises TrainingDiverged before that step is taken.
+    ``history`` is emptied first, then gets one record per step: it describes this fit."""
+    history.clear()
     steps_per_epoch = math.ceil(n / batch_size)
     # budget only: warm up over 20 steps, then plan the cosine from the measured speed
     planned = total if total is not None else 10**9

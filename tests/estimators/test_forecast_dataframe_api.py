@@ -91,6 +91,8 @@ def test_default_forecaster_gives_intervals_and_alias_names_columns():
     out = f.predict(level=[80])
     assert list(out.columns) == ["unique_id", "ds", "mine", "mine-lo-80", "mine-hi-80"]
     assert f.tokens_per_s > 0 and len(f.history) == 5
+    f.fit(DF[["unique_id", "ds", "y"]], max_steps=3, progress=False)  # history: this fit's
+    assert [h["step"] for h in f.history] == [1, 2, 3]
 
 
 def test_future_known_covariates_are_required_and_read(fitted):

@@ -132,6 +132,10 @@ def test_evaluate_cv_per_series_and_overall():
     assert got["a", "mse"] == pytest.approx((0.25 + 0) / 2)
     assert got["a", "mae"] == pytest.approx(0.25)
     assert got["a", "mase"] == pytest.approx(0.25 / 1.5)  # train rows up to the cutoff (ds <= 2)
+    # season 2: a's in-sample naive error |3 - 0| = 3 (b's |2 - 0| = 2)
+    seasonal = evaluate_cv(cv, train, season_length=2).set_index(["unique_id", "metric"])["m"]
+    assert seasonal["a", "mase"] == pytest.approx(0.25 / 3)
+    assert seasonal["b", "mase"] == pytest.approx(got["b", "mae"] / 2)
     assert got["a", "coverage-80"] == pytest.approx(0.5)  # 1.0 < lo 1.2; 2.0 inside
     assert got["b", "coverage-80"] == pytest.approx(2 / 3)
 

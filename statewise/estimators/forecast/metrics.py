@@ -138,7 +138,8 @@ def evaluate_cv(cv_df: Any, train_df: Any = None, season_length: int = 1) -> Any
         raise DataError("evaluate_cv found no forecast column beside unique_id, ds, cutoff, y")
     rows = []
     for uid, part in cv_df.groupby(ID, sort=True):
-        scores = {m: _series_scores(part, m, _insample(train_df, uid, part)) for m in models}
+        insample = _insample(train_df, uid, part)
+        scores = {m: _series_scores(part, m, insample, season_length) for m in models}
         for metric in scores[models[0]]:
             rows.append({ID: uid, "metric": metric, **{m: scores[m][metric] for m in models}})
     table = pd.DataFrame(rows)
@@ -147,7 +148,7 @@ def evaluate_cv(cv_df: Any, train_df: Any = None, season_length: int = 1) -> Any
     return pd.concat([table, overall], ignore_index=True)
 
 
-def _insample(train_df: Any, uid: Any, part: Any) -> tuple[np.ndarray, int] | None:
+def _insample(train_df: Any, uid: Any, part: Any) -> np.ndarray | None:
     if train_df is None:
         return None
     rows = train_df[train_df[ID] == uid].sort_values(DS)
@@ -156,11 +157,13 @@ def _insample(train_df: Any, uid: Any, part: Any) -> tuple[np.ndarray, int] | No
     return rows[Y].to_numpy(dtype=np.float64)
 
 
-def _series_scores(part: Any, model: str, insample: np.ndarray | None) -> dict[str, float]:
+def _series_scores(
+    part: Any, model: str, insample: np.ndarray | None, season_length: int
+) -> dict[str, float]:
     y, point = part[Y].to_numpy(np.float64), part[model].to_numpy(np.float64)
     scores = {"mse": mse(y, point), "mae": mae(y, point)}
     if insample is not None:
-        scores["mase"] = mase(y, point, insample)
+        scores["mase"] = mase(y, point, insample, season_length)
     levels = sorted(
         float(c.rsplit("-", 1)[1])
         for c in part.columns
