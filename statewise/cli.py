@@ -32,6 +32,7 @@ from typing import TextIO
 from statewise import layers
 from statewise.arena.cli import add_arena_parser, cmd_arena
 from statewise.errors import ArgumentError, InputError, TrainingDiverged
+from statewise.models.config import SEQUENCE_HEADS
 from statewise.tasks.data_cli import add_data_parsers, cmd_data, cmd_tokenizer
 
 EXIT_BUG = 1
@@ -77,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-lengths",
         metavar="L1,L2,...",
-        help="also the accuracy on the test split at these lengths (synthetic tasks: "
-        "length generalisation, e.g. 41,64,128,256 for state tracking)",
+        help="also the task's metric on the test split at these lengths (length "
+        "generalisation: e.g. 41,64,128,256 for state tracking's accuracy, 30 for the exact "
+        "match of reversing 30 digits, 20 for the CER of 20-digit lines)",
     )
     p.add_argument(
         "--test-batches", type=int, default=4, metavar="N", help="batches per test length"
@@ -426,7 +428,7 @@ def _overrides(extra: list[str]) -> list[str]:
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.tasks.config import build_task
     from statewise.train import checkpoint
-    from statewise.train.evaluate import evaluate, evaluate_lengths
+    from statewise.train.objectives import objective_for
 
     lengths = []
     if args.test_lengths is not None:
@@ -438,27 +440,28 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             raise UsageError(f"statewise eval: {flag} must be >= 1, got {n}")
     saved = checkpoint.read(args.checkpoint)  # one checkpoint, however the run moves on
     config = saved.config()
-    if config.model.head != "lm":
+    if config.model.head not in ("lm", *SEQUENCE_HEADS):
         raise UsageError(
-            f"statewise eval: {args.checkpoint} holds a {config.model.head!r} model; "
-            "eval measures language models"
+            f"statewise eval: {args.checkpoint} holds a {config.model.head!r} model; eval "
+            f"measures the models statewise train fits (heads lm, {', '.join(SEQUENCE_HEADS)})"
         )
+    if args.dynamic and config.model.head != "lm":
+        raise UsageError("statewise eval: --dynamic is for language models (model.head 'lm')")
     model, step = saved.model(), saved.step
     task = build_task(config.data, config.train.seed, _run_tokenizer(saved, config))
+    objective = objective_for(config.model, task)
+    batches = args.val_batches or config.train.eval_batches
     result = {
         "step": step,
         "layer": config.model.layer,
         "task": config.data.task,
-        **evaluate(
-            model, task, config.train.batch_size, args.val_batches or config.train.eval_batches
-        ),
+        **objective.evaluate(model, task, config.train.batch_size, batches),
     }
+    metric = objective.metric
     if lengths:
-        by_length = evaluate_lengths(
-            model, task, lengths, config.train.batch_size, args.test_batches
-        )
-        result["test_accuracy"] = {str(n): acc for n, acc in by_length.items()}
-        result["test_accuracy_mean"] = sum(by_length.values()) / len(by_length)
+        by_length = objective.test(model, task, lengths, config.train.batch_size, args.test_batches)
+        result[f"test_{metric}"] = {str(n): value for n, value in by_length.items()}
+        result[f"test_{metric}_mean"] = sum(by_length.values()) / len(by_length)
     if args.dynamic:
         result["dynamic"] = _dynamic_eval(args, model, task)
     if args.json:
@@ -468,10 +471,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             f"{result['layer']} on {result['task']} at step {step}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
         )
-        for n, acc in result.get("test_accuracy", {}).items():
-            print(f"  test accuracy at length {n}: {acc:.4f}")
+        for n, value in result.get(f"test_{metric}", {}).items():
+            print(f"  test {metric} at length {n}: {value:.4f}")
         if lengths:
-            print(f"  mean over test lengths: {result['test_accuracy_mean']:.4f}")
+            print(f"  mean over test lengths: {result[f'test_{metric}_mean']:.4f}")
         if args.dynamic:
             d = result["dynamic"]
             print(

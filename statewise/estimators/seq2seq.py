@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.fit import (
@@ -36,7 +35,6 @@ from statewise.estimators.saved import SavedEstimator
 from statewise.models.config import ModelConfig
 from statewise.models.decoding import beam_search, greedy_decode
 from statewise.models.seq2seq import ATTENTIONS, Seq2SeqModel
-from statewise.tasks.base import IGNORE
 from statewise.tasks.seq_metrics import character_error_rate, exact_match
 from statewise.tasks.transduction import CharVocab
 
@@ -146,20 +144,11 @@ class Seq2Seq(SavedEstimator):
             self.options["max_output_len"] = 2 * max(map(len, tgt)) + 10
         source_ids = self.vocab.batch(src)
         target = self.vocab.batch(tgt, bos=True, eos=True)
-        target_in, target_out = (
-            target[:, :-1],
-            target[:, 1:].masked_fill(target[:, 1:] == 0, IGNORE),
-        )
         torch.manual_seed(self.options["seed"])
         self.model = self._build()
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-            width = int((source_ids[idx] != 0).sum(1).max().clamp_min(1))
-            s = source_ids[idx, :width]
-            logits, _ = self.model(s, target_in[idx], s != 0 if (s == 0).any() else None)
-            return F.cross_entropy(
-                logits.flatten(0, 1), target_out[idx].flatten(), ignore_index=IGNORE
-            )
+            return self.model.loss(source_ids[idx], target[idx])
 
         def validate() -> tuple[str, float]:
             score = self.evaluate(val_src, val_tgt)["exact_match"]

@@ -8,7 +8,8 @@ from typing import Any
 
 from statewise.errors import ConfigError, check_caps, check_finite_fields
 
-HEADS = ("lm", "classifier", "forecaster", "rnn")
+HEADS = ("lm", "classifier", "forecaster", "rnn", "seq2seq", "ctc", "transducer", "tagger")
+SEQUENCE_HEADS = ("seq2seq", "ctc", "transducer", "tagger")  # models.sequence_heads
 NORMS = ("rmsnorm", "rmsnorm_plus_one", "layernorm")
 MLPS = ("gelu", "geglu", "swiglu")
 
@@ -64,6 +65,11 @@ class ModelConfig:
         input_dim inputs, d_model hidden units and n_layers layers, whose layer_kwargs are
         the drop-in's arguments (bias, bidirectional, proj_size, nonlinearity, batch_first);
         this is what ``statewise convert --from torch`` produces.
+        "seq2seq", "ctc", "transducer", "tagger": the encoder-decoder, the two recognisers
+        and the tagger, built from this config and ``head_kwargs``
+        (statewise/models/sequence_heads.py lists the arguments; docs/seq2seq.md).
+    head_kwargs: the arguments of a "seq2seq", "ctc", "transducer" or "tagger" head
+        (e.g. ``{attention = "luong", bidirectional = true}``); empty for the other heads.
     vocab_size: token vocabulary for "lm" (and for a "classifier" over tokens); 0 for
         a classifier or forecaster over real-valued inputs of width ``input_dim``.
     memory_tokens: with M > 0 the language model is a Recurrent Memory Transformer
@@ -94,6 +100,7 @@ class ModelConfig:
     embed_scale: float = 1.0
     logit_softcap: float = 0.0
     head: str = "lm"
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
     n_classes: int = 0
     input_dim: int = 1
     horizon: int = 1
@@ -137,6 +144,15 @@ class ModelConfig:
             raise ConfigError("model.n_classes must be >= 2 for a classifier")
         if self.head == "forecaster" and (self.horizon <= 0 or self.input_dim <= 0):
             raise ConfigError("model.horizon and model.input_dim must be positive for a forecaster")
+        if self.head in SEQUENCE_HEADS:
+            from statewise.models.sequence_heads import check_head_config
+
+            check_head_config(self)
+        elif self.head_kwargs:
+            raise ConfigError(
+                f"model.head_kwargs is for the heads {SEQUENCE_HEADS}; head {self.head!r} "
+                "takes none"
+            )
         self._check_memory()
 
     def _check_memory(self) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.models.block import Backbone
-from statewise.models.config import ModelConfig
+from statewise.models.config import SEQUENCE_HEADS, ModelConfig
 from statewise.models.rmt import RecurrentMemory
 from statewise.models.sampling import check_sampling, sample_next
 from statewise.ops.tree import State
@@ -205,4 +205,8 @@ HEADS: dict[str, Callable[[ModelConfig], nn.Module]] = {
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The model named by ``config.head`` over a stack of ``config.layer`` blocks."""
+    if config.head in SEQUENCE_HEADS:  # their models import this module
+        from statewise.models.sequence_heads import build_sequence_head
+
+        return build_sequence_head(config)
     return HEADS[config.head](config)

@@ -52,6 +52,15 @@ BLANK = 0
 HEADS = ("ctc", "transducer")
 
 
+def reduce_rows(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The mean or the sum of per-row losses (B,)."""
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    raise ArgumentError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
 class CTCRecognizer(nn.Module):
     """Encoder + a linear map to V symbols, trained with CTC (module docstring).
     ``config.n_classes`` is V, the blank (0) included."""
@@ -72,18 +81,21 @@ class CTCRecognizer(nn.Module):
         lengths: torch.Tensor,
         labels: torch.Tensor,
         label_lengths: torch.Tensor,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """The mean per-label CTC loss; labels (B, U) padded, label_lengths (B,)."""
+        """The per-label CTC loss of each row, averaged ("mean") or added ("sum") over the
+        rows; labels (B, U) padded, label_lengths (B,)."""
         log_probs = self(x, lengths)
-        return F.ctc_loss(
+        losses = F.ctc_loss(
             log_probs.transpose(0, 1),
             labels,
             lengths,
             label_lengths,
             blank=BLANK,
-            reduction="mean",
+            reduction="none",
             zero_infinity=True,
         )
+        return reduce_rows(losses / label_lengths.clamp(min=1), reduction)
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, lengths: torch.Tensor, beam: int = 1) -> list[list[int]]:
@@ -153,11 +165,12 @@ class TransducerRecognizer(nn.Module):
         lengths: torch.Tensor,
         labels: torch.Tensor,
         label_lengths: torch.Tensor,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """The mean over the batch of -log P(y|x) / max(U, 1)."""
+        """-log P(y|x) / max(U, 1) of each row, averaged ("mean") or added ("sum")."""
         logp = F.log_softmax(self(x, lengths, labels), dim=-1)
         losses = transducer_loss(logp, labels, lengths, label_lengths, BLANK, reduction="none")
-        return (losses / label_lengths.clamp(min=1)).mean()
+        return reduce_rows(losses / label_lengths.clamp(min=1), reduction)
 
     # ---- greedy decoding -----------------------------------------------------------------
 

@@ -37,8 +37,11 @@ from statewise.models.config import ModelConfig
 from statewise.models.encoder import SequenceEncoder
 from statewise.models.heads import last_real
 from statewise.ops.tree import State, tree_leaves, tree_unflatten
+from statewise.tasks.base import IGNORE
+from statewise.tasks.transduction import PAD
 
 ATTENTIONS = ("bahdanau", "luong", None)
+REDUCTIONS = ("mean", "sum")
 
 
 class Attention(nn.Module):
@@ -173,6 +176,24 @@ class Seq2SeqModel(nn.Module):
         enc = self.encode(source, source_mask)
         h, _ = self.decoder(self.target_embed(target_in), enc.state)
         return self._read(h, enc)
+
+    def loss(
+        self, source: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """Teacher-forced cross-entropy of token-id pairs: source (B, S) and target (B, U) =
+        BOS y_1 .. y_n EOS, both right-padded with 0 (the PAD id). Each target token after
+        BOS is predicted from the ones before it; "mean" averages over the real ones, "sum"
+        adds them (mean = sum / the count of nonzero target[:, 1:])."""
+        if reduction not in REDUCTIONS:
+            raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        width = int((source != PAD).sum(1).max().clamp_min(1))  # drop all-padding columns
+        source = source[:, :width]
+        mask = source != PAD
+        logits, _ = self(source, target[:, :-1], mask if not bool(mask.all()) else None)
+        wanted = target[:, 1:].masked_fill(target[:, 1:] == PAD, IGNORE)
+        return F.cross_entropy(
+            logits.flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction=reduction
+        )
 
     def step(
         self, token: torch.Tensor, state: list[State], enc: Encoded

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from statewise.errors import ArgumentError
 from statewise.models.config import ModelConfig
 from statewise.models.encoder import SequenceEncoder
 from statewise.ops.crf import CRF
@@ -43,13 +44,24 @@ class TaggerModel(nn.Module):
         """Emission scores (B, T, L); ``mask`` (B, T) bool marks real tokens (right padding)."""
         return self.emit(self.encoder(x, mask))
 
-    def loss(self, x: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The per-token loss (module docstring); tags (B, T), ignored at padding."""
+    def loss(
+        self,
+        x: torch.Tensor,
+        tags: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """The loss (module docstring); tags (B, T), ignored at padding. "mean": per real
+        token; "sum": the total (mean = sum / the count of real tokens)."""
+        if reduction not in ("mean", "sum"):
+            raise ArgumentError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         emissions = self(x, mask)
         real = torch.ones_like(tags, dtype=torch.bool) if mask is None else mask
         if self.crf is None:
-            return F.cross_entropy(emissions[real], tags[real])
-        return self.crf(emissions, tags, mask, reduction="sum") / real.sum()
+            total = F.cross_entropy(emissions[real], tags[real], reduction="sum")
+        else:
+            total = self.crf(emissions, tags, mask, reduction="sum")
+        return total / real.sum() if reduction == "mean" else total
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

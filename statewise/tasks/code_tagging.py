@@ -24,6 +24,7 @@ the files change between Python versions, tests check the tagging's rules, not c
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import keyword
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from statewise.errors import DataError
 
@@ -138,8 +140,10 @@ class TaggedText:
         return self.chars[index], self.tags[index]
 
 
+@functools.cache
 def tagged_split(split: str) -> TaggedText:
-    """The modules of ``split`` ("train", "val", "test"), characters and tags."""
+    """The modules of ``split`` ("train", "val", "test"), characters and tags (read and
+    tagged once per process: the arrays are shared, so treat them as read-only)."""
     if split not in SPLIT_MODULES:
         raise DataError(f"split must be one of {tuple(SPLIT_MODULES)}, got {split!r}")
     chars, tags = [], []
@@ -148,3 +152,41 @@ def tagged_split(split: str) -> TaggedText:
         chars.append(encode_characters(text))
         tags.append(np.array(tag_source(text), dtype=np.int64))
     return TaggedText(np.concatenate(chars), np.concatenate(tags))
+
+
+class CodeTaggingTask:
+    """Python tagging as ``statewise train`` reads it (model.head "tagger"): batches of
+    (characters (B, seq_len), tags (B, seq_len)) int64, windows of the train split drawn
+    from (seed, step); validation windows of the val split, ``test_batches`` of the test
+    split's. Span scores count runs of one tag outside whitespace (``outside_tag``)."""
+
+    heads = ("tagger",)
+    metric = "accuracy"
+    vocab_size = VOCAB_SIZE
+    n_classes = len(CATEGORIES)
+    outside_tag = WHITESPACE
+
+    def __init__(self, seq_len: int, seed: int) -> None:
+        self.seq_len, self.seed = seq_len, seed
+        self.splits = {name: tagged_split(name) for name in SPLIT_MODULES}
+
+    def _windows(self, split: str, length: int, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+        chars, tags = self.splits[split].windows(length, n, seed)
+        return torch.from_numpy(chars), torch.from_numpy(tags)
+
+    def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+        return self._windows("train", self.seq_len, batch_size, self.seed * 1_000_003 + step)
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, ...]]:
+        return [
+            self._windows("val", self.seq_len, batch_size, [self.seed, i]) for i in range(n_batches)
+        ]
+
+    def test_batches(
+        self, batch_size: int, n_batches: int, length: int
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """Windows of ``length`` characters of the test modules."""
+        return [
+            self._windows("test", length, batch_size, [self.seed, length, i])
+            for i in range(n_batches)
+        ]

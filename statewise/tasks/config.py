@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from statewise.errors import ConfigError, check_caps, check_finite_fields
 from statewise.tasks.base import Task
+from statewise.tasks.code_tagging import CodeTaggingTask
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
+from statewise.tasks.digit_lines import DigitLinesTask
 from statewise.tasks.labelled import AnswerAtEnd
 from statewise.tasks.listops import N_CLASSES, VOCAB, listops
 from statewise.tasks.long_range import Adding, Passkey
@@ -15,6 +17,8 @@ from statewise.tasks.seq_class import PIXEL_VOCAB, digits
 from statewise.tasks.state_tracking import CycleNav, EvenPairs, ModArith, Parity
 from statewise.tasks.text import build_text_task
 from statewise.tasks.tokenizer import Tokenizer
+from statewise.tasks.transduction import TASKS as TRANSDUCTION
+from statewise.tasks.transduction import TransductionTask
 
 STATE_TRACKING = ("parity", "mod_arith", "mod_arith_brackets", "cycle_nav", "even_pairs")
 TASKS = (
@@ -28,7 +32,12 @@ TASKS = (
     "passkey",
     "listops",
     "seq_class",
+    *TRANSDUCTION,
+    "digit_lines",
+    "python_tags",
 )
+# the tasks of the seq2seq, recogniser and tagger heads (the others are language modelling)
+SEQUENCE_TASKS = (*TRANSDUCTION, "digit_lines", "python_tags")
 DATASETS = ("digits",)
 
 
@@ -88,6 +97,13 @@ class DataConfig:
     the installed package) pixel by pixel, 64 tokens of 17 grey levels; a split of the
     1797 images from the seed with val_fraction and test_fraction. Model vocabulary >= 29
     (18 + query + 10).
+
+    Sequence to sequence and labelling, for the model heads of the same names (docs/seq2seq.md):
+    "reverse", "sort", "add", "date" (tasks.transduction, model.head "seq2seq"; lengths: the
+    digit counts of training sources, empty for the task's default), "digit_lines"
+    (tasks.digit_lines, lines of 3-12 handwritten digits read column by column; model.head
+    "ctc" or "transducer"), "python_tags" (tasks.code_tagging, windows of seq_len characters
+    of standard-library source, one tag per character; model.head "tagger").
     """
 
     task: str = "char_lm"
@@ -113,6 +129,7 @@ class DataConfig:
     test_fraction: float = 0.2
     tokenizer: str = ""
     text_field: str = "text"
+    lengths: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "data")
@@ -144,6 +161,10 @@ class DataConfig:
             raise ConfigError(
                 f"data.test_fraction must be in (0, 1 - val_fraction), got {self.test_fraction}"
             )
+        if any(n < 1 for n in self.lengths):
+            raise ConfigError(f"data.lengths must be positive digit counts, got {self.lengths}")
+        if self.lengths and self.task not in ("reverse", "sort", "add"):
+            raise ConfigError("data.lengths is for the tasks reverse, sort and add")
         if self.dataset not in DATASETS:
             raise ConfigError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
 
@@ -165,6 +186,12 @@ def build_task(config: DataConfig, seed: int, tokenizer: Tokenizer | None = None
         return Passkey(config.seq_len, config.n_digits, seed)
     if config.task == "listops":
         return _listops(config, seed)
+    if config.task in TRANSDUCTION:
+        return TransductionTask(config.task, seed, config.lengths)
+    if config.task == "digit_lines":
+        return DigitLinesTask(seed)
+    if config.task == "python_tags":
+        return CodeTaggingTask(config.seq_len, seed)
     if config.task == "seq_class":
         splits = digits(seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
         return AnswerAtEnd(splits, PIXEL_VOCAB, N_CLASSES, seed)

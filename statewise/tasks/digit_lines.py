@@ -13,6 +13,9 @@ training.
     lines = digit_lines("train", n=2000, seed=0)
     lines.features[0].shape     # (T_0, 8) float32, T_0 = 8 * digits + gaps
     lines.labels[0]             # [4, 2, 10, ...] = digits + 1
+
+``DigitLinesTask`` serves the lines to ``statewise train`` (a "ctc" or "transducer" model
+head).
 """
 
 from __future__ import annotations
@@ -89,3 +92,54 @@ def digit_lines(
         features.append(np.concatenate(parts))
         transcripts.append(labels[picks].tolist())
     return DigitLines(features, transcripts)
+
+
+class DigitLinesTask:
+    """Digit lines as ``statewise train`` reads them (model.head "ctc" or "transducer").
+
+    Batches are ``DigitLines.batch``'s (x (B, T, 8), lengths, labels (B, U), label_lengths).
+    The images are split by ``seed``; the lines of training step s are drawn from (seed, s),
+    validation lines from the validation images, ``test_batches`` of ``length`` digits from
+    the test images.
+    """
+
+    heads = ("ctc", "transducer")
+    metric = "cer"
+    vocab_size = 0
+    input_dim = SIDE
+    n_classes = N_LABELS
+
+    def __init__(
+        self,
+        seed: int,
+        min_digits: int = MIN_DIGITS,
+        max_digits: int = MAX_DIGITS,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+    ) -> None:
+        self.seed, self.min_digits, self.max_digits = seed, min_digits, max_digits
+        self.fractions = dict(val_fraction=val_fraction, test_fraction=test_fraction)
+
+    def _lines(self, split: str, n: int, seed: int, digits: tuple[int, int]) -> DigitLines:
+        low, high = digits
+        return digit_lines(
+            split, n, seed, split_seed=self.seed, min_digits=low, max_digits=high, **self.fractions
+        )
+
+    def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+        seed = self.seed * 1_000_003 + step
+        lines = self._lines("train", batch_size, seed, (self.min_digits, self.max_digits))
+        return lines.batch(range(batch_size))
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, ...]]:
+        n = batch_size * n_batches
+        lines = self._lines("val", n, self.seed, (self.min_digits, self.max_digits))
+        return [lines.batch(range(i, i + batch_size)) for i in range(0, n, batch_size)]
+
+    def test_batches(
+        self, batch_size: int, n_batches: int, length: int
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """Lines of exactly ``length`` test images."""
+        n = batch_size * n_batches
+        lines = self._lines("test", n, self.seed, (length, length))
+        return [lines.batch(range(i, i + batch_size)) for i in range(0, n, batch_size)]

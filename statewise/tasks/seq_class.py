@@ -24,7 +24,9 @@ first ``round(test_fraction * N)`` rows are the test split, the next
 
 from __future__ import annotations
 
+import functools
 import gzip
+from pathlib import Path
 
 import numpy as np
 
@@ -40,11 +42,16 @@ ORDERS = ("pixel", "row")
 
 
 def load_digits_array() -> tuple[np.ndarray, np.ndarray]:
-    """The raw digits: pixels (1797, 64) int64 in 0..16 and labels (1797,) int64."""
-    path = package_file("sklearn", "datasets/data/digits.csv.gz", "scikit-learn")
+    """The raw digits: pixels (1797, 64) int64 in 0..16 and labels (1797,) int64 (copies:
+    the file is parsed once per process)."""
+    table = _digits_table(package_file("sklearn", "datasets/data/digits.csv.gz", "scikit-learn"))
+    return table[:, :-1].copy(), table[:, -1].copy()
+
+
+@functools.cache
+def _digits_table(path: Path) -> np.ndarray:
     with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
-    return table[:, :-1], table[:, -1]
+        return np.loadtxt(f, delimiter=",", dtype=np.int64)
 
 
 def split_indices(

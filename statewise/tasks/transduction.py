@@ -24,6 +24,8 @@ dates are unseen dates (each in a randomly chosen format).
 
 Vocabulary (``CharVocab``): 0 padding, 1 begin-of-sequence, 2 end-of-sequence, then the
 characters. ``VOCAB[task]`` covers every string the task can produce.
+
+``TransductionTask`` serves these pairs to ``statewise train`` (a "seq2seq" model head).
 """
 
 from __future__ import annotations
@@ -191,3 +193,49 @@ def make_pairs(
             s = _digits(rng, length)
             out.append((s, s[::-1] if task == "reverse" else "".join(sorted(s))))
     return out
+
+
+class TransductionTask:
+    """A task of ``TASKS`` as ``statewise train`` reads it (model.head "seq2seq").
+
+    Batches are (source (B, S), target (B, U) = BOS y EOS), ids of ``VOCAB[task]`` right-
+    padded with PAD. The pairs of training step s are drawn from (seed, s) with source
+    lengths ``lengths`` (empty: the task's ``LENGTH_SPLITS`` training lengths); validation
+    pairs from a seed of their own, with the training lengths (for "date", from the unseen
+    test days); ``test_batches`` at one length from the "test" split.
+    """
+
+    heads = ("seq2seq",)
+    metric = "exact_match"
+
+    def __init__(self, task: str, seed: int, lengths: Sequence[int] = ()) -> None:
+        if task not in TASKS:
+            raise DataError(f"task must be one of {TASKS}, got {task!r}")
+        self.task, self.seed = task, seed
+        self.lengths = tuple(lengths) or tuple(LENGTH_SPLITS[task]["train"])
+        self.vocab = VOCAB[task]
+        self.vocab_size = self.vocab.size
+
+    def batch(self, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source ids, BOS target EOS ids) of ``pairs``, each right-padded."""
+        sources, targets = zip(*pairs, strict=True)
+        return self.vocab.batch(sources), self.vocab.batch(targets, bos=True, eos=True)
+
+    def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = make_pairs(self.task, batch_size, self.lengths, self.seed * 1_000_003 + step)
+        return self.batch(pairs)
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, ...]]:
+        split = "test" if self.task == "date" else "train"
+        lengths = None if self.task == "date" else self.lengths
+        pairs = make_pairs(self.task, batch_size * n_batches, lengths, -2 * self.seed - 1, split)
+        return [self.batch(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
+
+    def test_batches(
+        self, batch_size: int, n_batches: int, length: int
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """Test pairs whose sources have ``length`` digits (per operand for "add")."""
+        if self.task == "date":
+            raise DataError("the date task has no lengths: its validation pairs are unseen dates")
+        pairs = make_pairs(self.task, batch_size * n_batches, (length,), -2 * self.seed - 2, "test")
+        return [self.batch(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]

@@ -18,13 +18,13 @@ import torch
 from statewise.errors import CheckpointError, ConfigError, NonFiniteError
 from statewise.models import build_model
 from statewise.ops.tree import carry, tree_leaves, tree_map
-from statewise.tasks.base import IGNORE, step_generator, unpack_batch
+from statewise.tasks.base import step_generator
 from statewise.tasks.config import build_task
 from statewise.tasks.tokenizer import install_run_tokenizer
 from statewise.train import checkpoint, distributed
 from statewise.train.config import RunConfig, TrainConfig
-from statewise.train.evaluate import evaluate, token_loss
 from statewise.train.lock import writer_lock
+from statewise.train.objectives import Objective, objective_for
 from statewise.train.optim import (
     NTASGD,
     check_finite_step,
@@ -102,14 +102,13 @@ def _train(
     if not world.is_writer and chosen is not None:
         continuing = checkpoint.read(chosen, quiet=True)
     check_available(config.log)
-    if config.model.head != "lm":
-        raise ConfigError('statewise train fits language models (model.head = "lm")')
     tc = config.train
     task = build_task(config.data, tc.seed)
-    if config.model.vocab_size < task.vocab_size:
+    objective = objective_for(config.model, task)
+    if not objective.stateful and (tc.state_passing or tc.state_noise > 0):
         raise ConfigError(
-            f"model.vocab_size {config.model.vocab_size} is smaller than the "
-            f"task's vocabulary {task.vocab_size}"
+            f"train.state_passing and state_noise are for language models; model.head "
+            f"{config.model.head!r} starts every sequence from its initial state"
         )
     if getattr(task, "tokenizer", None) is not None and world.is_writer:
         install_run_tokenizer(task.tokenizer, out)  # text: the run keeps its tokenizer
@@ -184,7 +183,8 @@ def _train(
             checkpoint.save(out, config, model, train_state, metrics, keep=tc.keep_checkpoints)
 
     model.train()
-    net = distributed.wrap(model, world)  # DDP under torchrun: gradients averaged over ranks
+    # DDP under torchrun: gradients averaged over ranks
+    net = distributed.wrap(objective.wrap(model), world)
     bar = make_progress(  # under torchrun only rank 0 shows progress and messages
         tc.steps,
         start,
@@ -202,39 +202,38 @@ def _train(
     try:
         for step in range(start, end):
             lr = set_lr(optimizer, step, tc)
-            batch = unpack_batch(next_batch(step, tc.batch_size))
-            inputs, targets, resets = take_rows(batch, mine)
+            full = next_batch(step, tc.batch_size)
+            batch = take_rows(tuple(full), mine)
+            rows_here = batch[0].shape[0]
             if tc.state_passing and carried is not None and tc.state_reset > 0:
                 carried = reset_rows(model, carried, tc, step)
             start_state = carried
             if tc.state_noise > 0:
-                start_state = noisy_state(model, inputs.shape[0], tc, step)
-            # train.grad_accum micro-batches of rows, each loss weighted by its share of the
-            # batch's target tokens (over every rank, times the ranks DDP averages over):
-            # the summed gradient is the whole batch's
+                start_state = noisy_state(model, rows_here, tc, step)
+            # train.grad_accum micro-batches of rows, each loss summed over its units (target
+            # tokens, lines, ...) and divided by the units of the whole batch (over every
+            # rank, times the ranks DDP averages over): the summed gradient is the batch's
             optimizer.zero_grad(set_to_none=True)
-            local = torch.tensor(float((targets != IGNORE).sum()))
+            local = torch.tensor(float(objective.units(batch)))
             counted = max(float(distributed.sum_over_ranks(local, world)), 1.0) / world.size
             loss, finals = torch.zeros(()), []
-            micro = row_slices(inputs.shape[0], tc.grad_accum)
+            micro = row_slices(rows_here, tc.grad_accum)
             for i, rows in enumerate(micro):
-                x, y, r = take_rows((inputs, targets, resets), rows)
                 # DDP all-reduces the gradients once, after the last micro-batch
                 sync = i == len(micro) - 1 or not world.active
                 with contextlib.nullcontext() if sync else net.no_sync():
                     try:
                         with autocast:
-                            returned = net(
-                                x,
-                                state=take_rows(start_state, rows),
-                                return_state=tc.state_passing,
-                                resets=r,
+                            part, final = objective.loss_sum(
+                                net,
+                                take_rows(batch, rows),
+                                take_rows(start_state, rows),
+                                tc.state_passing,
+                                tc.label_smoothing,
                             )
-                            logits, final = returned if tc.state_passing else (returned, None)
-                            part = token_loss(logits, y, tc.label_smoothing)
                     except NonFiniteError as err:
                         raise diverged_forward(step + 1, model) from err
-                    part = part.float() * (int((y != IGNORE).sum()) / counted)
+                    part = part.float() / counted
                     part.backward()
                 loss, finals = loss + part.detach(), [*finals, final]
             if tc.state_passing:
@@ -244,7 +243,7 @@ def _train(
             optimizer.step()
             if averager is not None:
                 averager.after_step()
-            done, tokens = step + 1, tokens + batch[0].numel()
+            done, tokens = step + 1, tokens + full[0].shape[:2].numel()
             speed = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
             elapsed = seconds()  # "seconds" in metrics.jsonl: curves against time
             stopped = tc.budget_s > 0 and done < tc.steps  # every rank stops at one step
@@ -268,9 +267,9 @@ def _train(
                     "loss": loss.item(),
                     "seconds": round(elapsed, 3),
                     **record,
-                    **_evaluate(model, task, tc, averager, done),
+                    **_evaluate(model, task, objective, tc, averager, done),
                 }
-                bar.write(_describe(record))
+                bar.write(_describe(record, objective.metric))
             if record:
                 metrics.append(record)
                 events.record(record)
@@ -295,15 +294,20 @@ def _train(
 
 
 def _evaluate(
-    model: torch.nn.Module, task: Any, tc: TrainConfig, averager: NTASGD | None, step: int
+    model: torch.nn.Module,
+    task: Any,
+    objective: Objective,
+    tc: TrainConfig,
+    averager: NTASGD | None,
+    step: int,
 ) -> dict[str, Any]:
     """The validation record at ``step``; with NT-ASGD, of the averaged weights once
     averaging has started, and the loss goes to its trigger (``nt_asgd_averaging``: whether
     the weights evaluated and saved from here on are averaged)."""
     if averager is None:
-        return evaluate(model, task, tc.batch_size, tc.eval_batches)
+        return objective.evaluate(model, task, tc.batch_size, tc.eval_batches)
     with averager.averaged():
-        result = evaluate(model, task, tc.batch_size, tc.eval_batches)
+        result = objective.evaluate(model, task, tc.batch_size, tc.eval_batches)
     averager.observe(result["val_loss"], step)
     return {**result, "nt_asgd_averaging": averager.triggered}
 
@@ -349,10 +353,10 @@ def check_fixed_size_state(model: torch.nn.Module) -> None:
         )
 
 
-def _describe(record: dict[str, Any]) -> str:
+def _describe(record: dict[str, Any], metric: str) -> str:
     text = f"step {record['step']}: loss {record['loss']:.4f}, val_loss {record['val_loss']:.4f}"
     if "val_bits_per_char" in record:
         text += f" ({record['val_bits_per_char']:.3f} bits/char)"
     if "val_bits_per_byte" in record:
         text += f" ({record['val_bits_per_byte']:.3f} bits/byte)"
-    return text + f", val_accuracy {record['val_accuracy']:.3f}"
+    return text + f", val_{metric} {record['val_' + metric]:.3f}"

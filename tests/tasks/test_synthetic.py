@@ -7,13 +7,13 @@ import torch
 
 from statewise.cli import main
 from statewise.tasks.base import IGNORE
-from statewise.tasks.config import TASKS, DataConfig, build_task
+from statewise.tasks.config import SEQUENCE_TASKS, TASKS, DataConfig, build_task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
 from statewise.tasks.long_range import Adding, Passkey
 from statewise.tasks.state_tracking import FIRST, PAD, QUERY, CycleNav, EvenPairs, ModArith, Parity
 from tests import run_dirs
 
-NEW_TASKS = tuple(t for t in TASKS if t not in ("char_lm", "lm", "mqar"))
+NEW_TASKS = tuple(t for t in TASKS if t not in ("char_lm", "lm", "mqar", *SEQUENCE_TASKS))
 
 
 def answers(row_y: list[int]) -> list[tuple[int, int]]:

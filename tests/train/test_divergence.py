@@ -11,20 +11,20 @@ from statewise.arena import run_arena
 from statewise.arena import suites as arena_suites
 from statewise.arena.suites import Suite, TaskSpec
 from statewise.cli import main
-from statewise.train import checkpoint, trainer
+from statewise.train import checkpoint, objectives
 
 
 def test_train_keeps_its_last_checkpoint_when_the_loss_turns_nan(
     tmp_path, tiny_config, monkeypatch, capsys
 ):
-    plain_loss, calls = trainer.token_loss, []
+    plain_loss, calls = objectives.token_loss, []
 
     def nan_at_step_7(logits, targets, smoothing=0.0):
         calls.append(1)
         loss = plain_loss(logits, targets, smoothing)
         return loss * float("nan") if len(calls) == 7 else loss
 
-    monkeypatch.setattr(trainer, "token_loss", nan_at_step_7)
+    monkeypatch.setattr(objectives, "token_loss", nan_at_step_7)
     out = tmp_path / "run"
     argv = ["train", str(tiny_config(steps=20, checkpoint_every=5)), "--out", str(out)]
     assert main([*argv, "--no-progress"]) == 3

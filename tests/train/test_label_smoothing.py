@@ -59,7 +59,7 @@ def test_smoothing_bounds_the_best_margin():
 
 
 def test_trainer_smooths_the_training_loss_only(tiny_config, tmp_path, monkeypatch):
-    from statewise.train import evaluate, trainer
+    from statewise.train import evaluate, objectives
 
     seen = {"train": [], "val": []}
 
@@ -70,7 +70,7 @@ def test_trainer_smooths_the_training_loss_only(tiny_config, tmp_path, monkeypat
 
         return record
 
-    monkeypatch.setattr(trainer, "token_loss", recorder("train", token_loss))
+    monkeypatch.setattr(objectives, "token_loss", recorder("train", token_loss))
     monkeypatch.setattr(evaluate, "token_loss", recorder("val", token_loss))
     config = load_config(tiny_config(steps=2), ["train.label_smoothing=0.3"])
     train(config, tmp_path / "smoothed", progress=False)
