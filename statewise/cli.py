@@ -762,6 +762,8 @@ def _add_bench_forecast_parser(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--d-model", type=int, default=64, help="(64)")
     p.add_argument("--n-layers", type=int, default=2, help="(2)")
     p.add_argument("--patch-len", type=int, default=16, help="stride half of it; 0: no patches")
+    p.add_argument("--lr", type=float, help="learning rate of the recurrent rows (1e-3)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout of the recurrent rows (0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: all)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -790,6 +792,8 @@ def _bench_forecast(args: argparse.Namespace) -> int:
         d_model=args.d_model,
         n_layers=args.n_layers,
         patch_len=args.patch_len,
+        lr=args.lr,
+        dropout=args.dropout,
         seed=args.seed,
         threads=args.threads,
         progress=args.progress,

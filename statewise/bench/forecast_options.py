@@ -6,7 +6,8 @@ Rows (:func:`cell_options`): a registered layer runs as PatchTST and xLSTMTime d
 channel-independent (each variate its own sequence through shared weights), RevIN, patches
 of ``--patch-len`` steps at half that stride (PatchTST's 16 and 8: 41 tokens for 336 steps,
 so the recurrence runs 8x fewer steps), and the ``--loss`` head (Student-t by default, so
-the cell also gets the probabilistic check). "dlinear" runs as DLinear was published: MSE
+the cell also gets the probabilistic check); ``--lr`` (the Forecaster's 1e-3 by default) and
+``--dropout`` (0) when given. "dlinear" runs as DLinear was published: MSE
 loss, no normalisation of the windows, weights shared by the channels.
 
 Limits (:func:`cell_limits`): ``--epochs`` / ``--budget-s`` when given (for every row; the
@@ -50,6 +51,8 @@ class ForecastBench:
     d_model: int = 64
     n_layers: int = 2
     patch_len: int = 16
+    lr: float | None = None
+    dropout: float = 0.0
     seed: int = 0
     threads: int | None = None
     progress: bool = True
@@ -65,7 +68,7 @@ def cell_options(bench: ForecastBench, layer: str) -> dict[str, Any]:
     if layer == "dlinear":
         return {"loss": "mse", "revin": False, "subtract_last": False, "seed": bench.seed}
     patch = bench.patch_len
-    return {
+    options = {
         "mode": "channel_independent",
         "revin": True,
         "loss": bench.loss,
@@ -75,6 +78,12 @@ def cell_options(bench: ForecastBench, layer: str) -> dict[str, Any]:
         "patch_stride": max(1, patch // 2) if patch else None,
         "seed": bench.seed,
     }
+    # set only when given, so the cells of a run with the defaults keep their settings
+    if bench.lr is not None:
+        options["lr"] = bench.lr
+    if bench.dropout:
+        options["dropout"] = bench.dropout
+    return options
 
 
 def cell_limits(bench: ForecastBench, layer: str) -> dict[str, Any]:

@@ -242,3 +242,13 @@ def test_the_table_marks_cells_not_run_and_shows_the_published_rows(finished):
     patchtst = next(line for line in table if line.startswith("PatchTST/64 (published)"))
     assert patchtst.split()[-3:] == ["0.370", "/", "0.400"]
     assert "not copied" in next(line for line in table if line.startswith("xLSTMTime"))
+
+
+def test_lr_and_dropout_reach_the_recurrent_rows_and_defaults_keep_stored_settings(csv):
+    plain = cell_options(ForecastBench(str(csv)), "lru")
+    assert "lr" not in plain and "dropout" not in plain  # cells stored before the flags match
+    tuned = cell_options(ForecastBench(str(csv), lr=3e-4, dropout=0.2), "lru")
+    assert tuned == {**plain, "lr": 3e-4, "dropout": 0.2}
+    f = Forecaster("lru", L, 4, **tuned)
+    assert f.options["lr"] == 3e-4 and f.options["model_kwargs"]["dropout"] == 0.2
+    assert cell_options(ForecastBench(str(csv), lr=3e-4), "dlinear")["loss"] == "mse"
