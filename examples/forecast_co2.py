@@ -62,24 +62,11 @@ def draw(train: pd.DataFrame, test: pd.DataFrame, fc: pd.DataFrame, path: Path) 
     shown = train[train["ds"] >= test["ds"].min() - pd.Timedelta(weeks=4 * 52)]
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=90)
     ax.plot(shown["ds"], shown["y"], color="black", lw=1, label="history")
-    ax.fill_between(
-        fc["ds"],
-        fc[f"{name}-lo-95"],
-        fc[f"{name}-hi-95"],
-        color="tab:blue",
-        alpha=0.18,
-        lw=0,
-        label="95% interval",
-    )
-    ax.fill_between(
-        fc["ds"],
-        fc[f"{name}-lo-80"],
-        fc[f"{name}-hi-80"],
-        color="tab:blue",
-        alpha=0.35,
-        lw=0,
-        label="80% interval",
-    )
+    for level, alpha in ((95, 0.18), (80, 0.35)):
+        lo, hi = fc[f"{name}-lo-{level}"], fc[f"{name}-hi-{level}"]
+        ax.fill_between(
+            fc["ds"], lo, hi, color="tab:blue", alpha=alpha, lw=0, label=f"{level}% interval"
+        )
     ax.plot(fc["ds"], fc[name], color="tab:blue", lw=1.5, label="forecast (mean)")
     ax.plot(test["ds"], test["y"], color="tab:red", lw=1, ls="--", label="actual (held out)")
     ax.set_ylabel("CO2 (ppm)")
