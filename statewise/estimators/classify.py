@@ -27,7 +27,7 @@ from statewise.estimators.fit import (
     as_tensor,
     check_finite,
     check_limits,
-    unchanged_if_diverged,
+    unchanged_on_error,
 )
 from statewise.estimators.saved import SavedEstimator, optional_list, optional_tensor
 from statewise.models.config import ModelConfig
@@ -100,7 +100,7 @@ class SequenceClassifier(SavedEstimator):
 
     # ---- training ------------------------------------------------------------------------
 
-    @unchanged_if_diverged
+    @unchanged_on_error
     def fit(
         self,
         x: Any,

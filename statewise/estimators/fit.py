@@ -32,7 +32,6 @@ from statewise.errors import (
     DataError,
     InputError,
     NonFiniteError,
-    TrainingDiverged,
     finite_number,
 )
 from statewise.train.config import TrainConfig
@@ -232,17 +231,21 @@ def load_saved_weights(model: torch.nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path}: model.safetensors cannot be loaded: {first}") from None
 
 
-def unchanged_if_diverged(fit: Callable) -> Callable:
-    """Decorator for an estimator's ``fit``: when training diverges (TrainingDiverged),
-    the estimator is put back as it was before the call (fitted or not), then the error
-    propagates."""
+def unchanged_on_error(fit: Callable) -> Callable:
+    """Decorator for an estimator's ``fit``: when it raises (bad input found part way, a
+    diverged run), the estimator is put back as it was before the call (fitted or not, its
+    options and history included), then the error propagates."""
 
     @functools.wraps(fit)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        saved = {**self.__dict__, "history": list(self.history)}
+        saved = {
+            **self.__dict__,
+            "history": list(self.history),
+            "options": copy.deepcopy(self.options),
+        }
         try:
             return fit(self, *args, **kwargs)
-        except TrainingDiverged:
+        except Exception:
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise

@@ -32,7 +32,7 @@ from statewise.estimators.fit import (
     as_tensor,
     check_finite,
     check_limits,
-    unchanged_if_diverged,
+    unchanged_on_error,
 )
 from statewise.estimators.saved import SavedEstimator, optional_list, optional_tensor
 from statewise.estimators.sequences import channel_statistics, features, item_tensor
@@ -160,7 +160,7 @@ class Recognizer(SavedEstimator):
 
     # ---- training ------------------------------------------------------------------------
 
-    @unchanged_if_diverged
+    @unchanged_on_error
     def fit(
         self,
         x: Any,

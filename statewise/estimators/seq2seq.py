@@ -29,7 +29,7 @@ from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.fit import (
     DECODE_BATCH,
     check_limits,
-    unchanged_if_diverged,
+    unchanged_on_error,
 )
 from statewise.estimators.saved import SavedEstimator
 from statewise.models.config import ModelConfig
@@ -116,7 +116,7 @@ class Seq2Seq(SavedEstimator):
 
     # ---- training ------------------------------------------------------------------------
 
-    @unchanged_if_diverged
+    @unchanged_on_error
     def fit(
         self,
         sources: Sequence[str],

@@ -34,7 +34,7 @@ from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.fit import (
     DECODE_BATCH,
     check_limits,
-    unchanged_if_diverged,
+    unchanged_on_error,
 )
 from statewise.estimators.saved import SavedEstimator, optional_list, optional_tensor
 from statewise.estimators.sequences import (
@@ -139,7 +139,7 @@ class SequenceTagger(SavedEstimator):
 
     # ---- training ------------------------------------------------------------------------
 
-    @unchanged_if_diverged
+    @unchanged_on_error
     def fit(
         self,
         x: Any,

@@ -133,3 +133,23 @@ def test_a_diverging_fit_leaves_the_estimator_as_it_was(kind, classifier, foreca
     assert fitted.history == history
     for k, v in fitted.model.state_dict().items():
         assert torch.equal(v, weights[k]), k
+
+
+def test_a_fit_refused_part_way_leaves_the_estimator_as_it_was(classifier):
+    """Labels of the wrong count: the error comes after fit has read the inputs (and, for
+    an unfitted classifier, inferred the vocabulary from them); nothing of it stays."""
+    import copy
+
+    x = np.random.default_rng(2).integers(0, 8, (10, 6))
+    fresh = SequenceClassifier(**SMALL)
+    for estimator in (fresh, copy.deepcopy(classifier)):
+        before = copy.deepcopy({k: v for k, v in estimator.__dict__.items() if k != "model"})
+        with pytest.raises(ValueError, match="y"):
+            estimator.fit(x, np.zeros(7, dtype=np.int64), max_steps=2, progress=False)
+        after = {k: v for k, v in estimator.__dict__.items() if k != "model"}
+        assert after.keys() == before.keys()
+        for key, value in before.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(after[key], value), key
+            else:
+                assert after[key] == value, key

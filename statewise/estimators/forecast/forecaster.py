@@ -42,7 +42,7 @@ from statewise.errors import ArgumentError, ArgumentTypeError, CheckpointError, 
 from statewise.estimators.fit import (
     NotFittedError,
     check_limits,
-    unchanged_if_diverged,
+    unchanged_on_error,
 )
 from statewise.estimators.forecast.arrays import (
     array_panel,
@@ -139,7 +139,7 @@ class Forecaster(SavedEstimator):
 
     # ---- training ------------------------------------------------------------------------
 
-    @unchanged_if_diverged
+    @unchanged_on_error
     def fit(
         self,
         train: Any,
