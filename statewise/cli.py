@@ -304,10 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return COMMANDS[args.command](args, extra)
     except KeyboardInterrupt as stop:
+        command = " ".join(argv[:2]) if argv and argv[0] == "bench" else (argv or [""])[0]
         how = {
             "train": "continue it with --resume auto",
             "arena": "rerun the same command to resume; finished cells are kept",
-        }.get(argv[0] if argv else "", "nothing was saved")
+            "bench forecast": "rerun the same command to resume; finished cells are kept",
+        }.get(command, "nothing was saved")
         what = "terminated" if isinstance(stop, Terminated) else "interrupted"
         print(f"statewise: {what} ({how})", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130

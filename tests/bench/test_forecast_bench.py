@@ -252,3 +252,23 @@ def test_lr_and_dropout_reach_the_recurrent_rows_and_defaults_keep_stored_settin
     f = Forecaster("lru", L, 4, **tuned)
     assert f.options["lr"] == 3e-4 and f.options["model_kwargs"]["dropout"] == 0.2
     assert cell_options(ForecastBench(str(csv), lr=3e-4), "dlinear")["loss"] == "mse"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["bench", "forecast", "--data", "{csv}"], "finished cells are kept"),
+        (["models"], "nothing was saved"),
+    ],
+)
+def test_an_interrupted_command_says_what_it_kept(csv, monkeypatch, capsys, argv, said):
+    import statewise.bench.forecast as bench_forecast
+    from statewise import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_forecast, "run_forecast_bench", interrupted)
+    monkeypatch.setitem(cli.COMMANDS, "models", interrupted)
+    assert cli.main([a.format(csv=csv) for a in argv]) == 130
+    assert said in capsys.readouterr().err
