@@ -134,7 +134,7 @@ class DigitLinesTask:
     def eval_batches(self, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, ...]]:
         n = batch_size * n_batches
         lines = self._lines("val", n, self.seed, (self.min_digits, self.max_digits))
-        return [lines.batch(range(i, i + batch_size)) for i in range(0, n, batch_size)]
+        return _batches(lines, batch_size)
 
     def test_batches(
         self, batch_size: int, n_batches: int, length: int
@@ -142,4 +142,12 @@ class DigitLinesTask:
         """Lines of exactly ``length`` test images."""
         n = batch_size * n_batches
         lines = self._lines("test", n, self.seed, (length, length))
-        return [lines.batch(range(i, i + batch_size)) for i in range(0, n, batch_size)]
+        return _batches(lines, batch_size)
+
+
+def _batches(lines: DigitLines, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
+    """``lines`` cut into consecutive batches of ``batch_size``."""
+    return [
+        lines.batch(range(i, min(i + batch_size, len(lines))))
+        for i in range(0, len(lines), batch_size)
+    ]

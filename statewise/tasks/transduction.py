@@ -229,7 +229,7 @@ class TransductionTask:
         split = "test" if self.task == "date" else "train"
         lengths = None if self.task == "date" else self.lengths
         pairs = make_pairs(self.task, batch_size * n_batches, lengths, -2 * self.seed - 1, split)
-        return [self.batch(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
+        return self._batches(pairs, batch_size)
 
     def test_batches(
         self, batch_size: int, n_batches: int, length: int
@@ -238,4 +238,9 @@ class TransductionTask:
         if self.task == "date":
             raise DataError("the date task has no lengths: its validation pairs are unseen dates")
         pairs = make_pairs(self.task, batch_size * n_batches, (length,), -2 * self.seed - 2, "test")
+        return self._batches(pairs, batch_size)
+
+    def _batches(
+        self, pairs: list[tuple[str, str]], batch_size: int
+    ) -> list[tuple[torch.Tensor, ...]]:
         return [self.batch(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
