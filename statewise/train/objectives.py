@@ -41,7 +41,7 @@ class LanguageModelObjective:
     """Next-token prediction (model.head "lm"), with state passing and resets."""
 
     metric = "accuracy"
-    stateful = True
+    language_model = True
 
     def check(self, model: ModelConfig, task: Task) -> None:
         if getattr(task, "heads", ("lm",)) != ("lm",):
@@ -94,7 +94,7 @@ class SequenceObjective:
     ``loss(*batch, reduction)``, no carried state, and scores from decoded batches."""
 
     metric = ""
-    stateful = False
+    language_model = False
 
     def check(self, model: ModelConfig, task: Task) -> None:
         heads = getattr(task, "heads", ("lm",))
@@ -120,8 +120,6 @@ class SequenceObjective:
     def loss_sum(
         self, net: nn.Module, batch: Batch, state: Any, return_state: bool, label_smoothing: float
     ) -> tuple[torch.Tensor, None]:
-        if label_smoothing:
-            raise ConfigError("train.label_smoothing is for language models (model.head 'lm')")
         return net(*batch), None
 
     def units(self, batch: Batch) -> int:

@@ -105,10 +105,16 @@ def _train(
     tc = config.train
     task = build_task(config.data, tc.seed)
     objective = objective_for(config.model, task)
-    if not objective.stateful and (tc.state_passing or tc.state_noise > 0):
+    lm_only = {
+        "state_passing": tc.state_passing,
+        "state_noise": tc.state_noise > 0,
+        "label_smoothing": tc.label_smoothing > 0,
+    }
+    if not objective.language_model and any(lm_only.values()):
+        used = ", ".join(f"train.{name}" for name, on in lm_only.items() if on)
         raise ConfigError(
-            f"train.state_passing and state_noise are for language models; model.head "
-            f"{config.model.head!r} starts every sequence from its initial state"
+            f"{used}: options of language models (model.head 'lm'), not of model.head "
+            f"{config.model.head!r}"
         )
     if getattr(task, "tokenizer", None) is not None and world.is_writer:
         install_run_tokenizer(task.tokenizer, out)  # text: the run keeps its tokenizer
