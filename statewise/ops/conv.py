@@ -10,15 +10,70 @@ token sees the previous K-1 real inputs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from statewise import kernels
 from statewise.ops.precision import float32_recurrence
+
+
+def _window_sum_grads(
+    ext: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dext, dL/dweight, dL/dbias) of :func:`_window_sum` in differentiable torch ops:
+    dext[:, t + j] += w[:, j] g_t, dw[:, j] = sum_{b, t} g_t ext[:, t + j], dbias = sum g."""
+    kernel, seq_len = weight.shape[-1], grad_out.shape[1]
+    grad_ext = torch.stack(
+        [F.pad(grad_out * weight[:, j], (0, 0, j, kernel - 1 - j)) for j in range(kernel)]
+    ).sum(0)
+    grad_weight = torch.stack(
+        [(grad_out * ext[:, j : j + seq_len]).sum((0, 1)) for j in range(kernel)], dim=-1
+    )
+    return grad_ext, grad_weight, grad_out.sum((0, 1))
+
+
+class _KernelWindowSum(torch.autograd.Function):
+    """:func:`_window_sum` by the numba kernels of :mod:`statewise.kernels.conv`. Under
+    ``create_graph`` (grad enabled inside the backward) the backward is
+    :func:`_window_sum_grads` instead, so double backward works whatever the backend."""
+
+    @staticmethod
+    def forward(ctx, ext, weight, bias):
+        from statewise.kernels import conv as kernel
+
+        ctx.save_for_backward(ext, weight)
+        ctx.has_bias = bias is not None
+        return kernel.forward(ext, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ext, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            grads = _window_sum_grads(ext, weight, grad_out)
+        else:
+            from statewise.kernels import conv as kernel
+
+            grads = kernel.backward(ext, weight, grad_out)
+        grad_ext, grad_weight, grad_bias = grads
+        return grad_ext, grad_weight, grad_bias if ctx.has_bias else None
+
+
+def _kernel_ready(*tensors: torch.Tensor | None) -> bool:
+    """True when the numba backend is in force and its conv kernels take these tensors."""
+    if kernels.current() != "numba":
+        return False
+    from statewise.kernels import conv as kernel
+
+    return kernel.supported(*(t for t in tensors if t is not None))
 
 
 def _window_sum(
     ext: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_len: int
 ) -> torch.Tensor:
-    """out_t = bias + sum_j weight[:, j] * ext[:, t + j], t < seq_len; ext is (B, K-1+T, C)."""
+    """out_t = bias + sum_j weight[:, j] * ext[:, t + j], t < seq_len; ext is (B, K-1+T, C).
+    With the numba backend one pass of :mod:`statewise.kernels.conv`; else K passes."""
     kernel = weight.shape[-1]
+    if _kernel_ready(ext, weight, bias) and ext.shape[1] == kernel - 1 + seq_len:
+        return _KernelWindowSum.apply(ext, weight, bias)
     out = ext[:, kernel - 1 : kernel - 1 + seq_len] * weight[:, -1]
     for j in range(kernel - 1):
         out = torch.addcmul(out, ext[:, j : j + seq_len], weight[:, j])
