@@ -40,8 +40,10 @@ Forms, each returning (o (B, H, T, d_v), S_T):
       S_C = Gamma_C S_0 + (K * D[C, :])^T U
           = (Gamma_C I - (K * D[C, :])^T W) S_0 + (K * D[C, :])^T U0
 
-  Everything except S_0 is batched GEMMs over all chunks at once; between chunks the state
-  passes by one (d_k x d_k) (d_k x d_v) GEMM per chunk, S_n = M_n S_{n-1} + A_n. Autograd
+  U0, W and the chunk transitions (second lines) are batched GEMMs over all chunks at once;
+  between chunks the state passes by one (d_k x d_k) (d_k x d_v) GEMM per chunk,
+  S_n = M_n S_{n-1} + A_n; then U and O (first lines) are two more batched GEMMs against
+  the stacked entering states, each with its addition fused (``baddbmm``). Autograd
   goes through it (no hand-written backward): it holds the chunk matrices, O(T (C + d))
   per head, and the N = T / C entering states.
 
@@ -252,14 +254,17 @@ def delta_rule_chunk(
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
         beta = F.pad(beta, (0, pad))
         g = None if g is None else F.pad(g, (0, pad))
-    q, k = (x.reshape(batch, heads, n_chunks, size, d_k) for x in (q, k))
-    v = v.reshape(batch, heads, n_chunks, size, d_v)
+    # contiguous once: the layers pass head views of (B, T, H d) and every batched product
+    # below would otherwise copy its operands again
+    q, k = (x.reshape(batch, heads, n_chunks, size, d_k).contiguous() for x in (q, k))
+    v = v.reshape(batch, heads, n_chunks, size, d_v).contiguous()
     beta = beta.reshape(batch, heads, n_chunks, size, 1)
 
-    causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
+    keys_t = k.transpose(-1, -2)
     if g is None:  # D = 1 on and below the diagonal, Gamma = 1
-        decay = causal.to(q.dtype)
         k_start, q_start, k_end, whole = k, q, k, None
+        gram = k @ keys_t  # unit_lower_inverse reads its strictly lower triangle only
+        scores = (q @ keys_t).tril_()  # (Q K^T * D)
     else:
         g = g.reshape(batch, heads, n_chunks, size)
         decay = segsum(g).exp()  # (B, H, N, C, C): D[t, s], 0 above the diagonal
@@ -267,16 +272,15 @@ def delta_rule_chunk(
         k_start, q_start = k * from_start, q * from_start
         k_end = k * decay[..., -1, :].unsqueeze(-1)  # k_s D[C, s]
         whole = from_start[..., -1, :]  # Gamma_C, (B, H, N, 1)
-    # A = diag(beta) (K K^T * D) below the diagonal; [U0, W] = (I + A)^{-1} diag(beta)
-    # [V, Gamma K] (unit_lower_inverse reads only the strictly lower triangle)
-    inverse = unit_lower_inverse(beta * ((k @ k.transpose(-1, -2)) * decay))
-    solved = inverse @ (beta * torch.cat([v, k_start], dim=-1))
-    scores = (q @ k.transpose(-1, -2)) * decay  # (Q K^T * D), lower incl. the diagonal
-    o, scores_w = (scores @ solved).split([d_v, d_k], dim=-1)  # (Q K^T * D) [U0, W]
-    q_eff = q_start - scores_w  # (B, H, N, C, d_k)
-    added, k_end_w = (k_end.transpose(-1, -2) @ solved).split([d_v, d_k], dim=-1)
-    eye = torch.eye(d_k, dtype=k_end_w.dtype, device=k_end_w.device)
-    transition = (eye if whole is None else whole.unsqueeze(-1) * eye) - k_end_w  # (d_k, d_k)
+        gram = (k @ keys_t) * decay
+        scores = (q @ keys_t) * decay
+    # T = (I + A)^{-1} diag(beta), A = diag(beta) (K K^T * D) below the diagonal
+    solve = unit_lower_inverse(beta * gram) * beta.transpose(-1, -2)
+    u0, w = solve @ v, solve @ k_start  # U0 = T V, W = T (Gamma * K)
+    k_end_t = k_end.transpose(-1, -2)
+    added = k_end_t @ u0  # (K * D[C, :])^T U0, (B, H, N, d_k, d_v)
+    eye = torch.eye(d_k, dtype=q.dtype, device=q.device)
+    transition = (eye if whole is None else whole.unsqueeze(-1) * eye) - k_end_t @ w
     before = []
     # unbind, not indexing: the backward of N index ops would write N full-size zero grads
     for added_n, transition_n in zip(added.unbind(2), transition.unbind(2)):
@@ -284,7 +288,10 @@ def delta_rule_chunk(
         state = torch.baddbmm(
             added_n.flatten(0, 1), transition_n.flatten(0, 1), state.flatten(0, 1)
         ).view(state.shape)
-    o = o + q_eff @ torch.stack(before, dim=2)
+    entering = torch.stack(before, dim=2).flatten(0, 2)  # S_0 of every chunk
+    u = torch.baddbmm(u0.flatten(0, 2), w.flatten(0, 2), entering, alpha=-1)  # U0 - W S_0
+    # O = (Gamma * Q) S_0 + (Q K^T * D) U
+    o = torch.baddbmm(scores.flatten(0, 2) @ u, q_start.flatten(0, 2), entering)
     return o.reshape(batch, heads, n_chunks * size, d_v)[:, :, :seq_len], state
 
 
