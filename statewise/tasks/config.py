@@ -21,6 +21,8 @@ from statewise.tasks.transduction import TASKS as TRANSDUCTION
 from statewise.tasks.transduction import TransductionTask
 
 STATE_TRACKING = ("parity", "mod_arith", "mod_arith_brackets", "cycle_nav", "even_pairs")
+# the ones whose prefixes are strings of the task often enough for data.prefix_targets
+DENSE_STATE_TRACKING = ("parity", "mod_arith", "cycle_nav", "even_pairs")
 TASKS = (
     "char_lm",
     "lm",
@@ -83,6 +85,9 @@ class DataConfig:
     input width).
     n_copy: selective_copy's number of tokens to copy.
     train_max_len: state tracking trains on strings of 1 .. train_max_len symbols.
+    prefix_targets: state tracking (not mod_arith_brackets): training batches also ask for
+    the answer of every prefix that is itself a string of the task, at its last symbol
+    (dense supervision); validation and test still score the answer at the query only.
     modulus: mod_arith's ring Z_modulus and cycle_nav's cycle length.
     n_levels: adding's quantisation, numbers k / (n_levels - 1) for k in 0 .. n_levels-1.
     n_digits: passkey's key length.
@@ -130,6 +135,7 @@ class DataConfig:
     tokenizer: str = ""
     text_field: str = "text"
     lengths: list[int] = field(default_factory=list)
+    prefix_targets: bool = False
 
     def __post_init__(self) -> None:
         check_finite_fields(self, "data")
@@ -155,6 +161,14 @@ class DataConfig:
         ):
             if getattr(self, name) < low:
                 raise ConfigError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.prefix_targets is not False and (
+            self.prefix_targets is not True or self.task not in DENSE_STATE_TRACKING
+        ):
+            raise ConfigError(
+                "data.prefix_targets must be true or false and is for the state-tracking "
+                f"tasks without brackets ({', '.join(DENSE_STATE_TRACKING)}); "
+                f"got {self.prefix_targets!r} with task {self.task!r}"
+            )
         if not 0.0 <= self.p_operator < 1.0:
             raise ConfigError(f"data.p_operator must be in [0, 1), got {self.p_operator}")
         if self.task == "seq_class" and not 0.0 < self.test_fraction < 1.0 - self.val_fraction:
@@ -207,14 +221,15 @@ def build_task(config: DataConfig, seed: int, tokenizer: Tokenizer | None = None
 
 
 def _state_tracking(config: DataConfig, seed: int) -> Task:
+    dense = config.prefix_targets
     if config.task == "parity":
-        return Parity(config.train_max_len, seed)
+        return Parity(config.train_max_len, seed, dense)
     if config.task == "even_pairs":
-        return EvenPairs(config.train_max_len, seed)
+        return EvenPairs(config.train_max_len, seed, dense)
     if config.task == "cycle_nav":
-        return CycleNav(config.train_max_len, config.modulus, seed)
+        return CycleNav(config.train_max_len, config.modulus, seed, dense)
     brackets = config.task == "mod_arith_brackets"
-    return ModArith(config.train_max_len, config.modulus, brackets, seed)
+    return ModArith(config.train_max_len, config.modulus, brackets, seed, dense)
 
 
 def _listops(config: DataConfig, seed: int) -> AnswerAtEnd:

@@ -17,9 +17,21 @@ symbols. Parity, with n = 5:
 
     inputs :  1  0  1  1  0  =  _  _       (_ = padding)
     targets:  -  -  -  -  -  1  -  -       (- = ignored; the answer token for "odd")
+
+With ``prefix_targets`` the training batches also ask, at each symbol that ends a string of
+the task, for that prefix's answer (dense supervision; validation and test batches keep the
+single target at ``=``). Parity, n = 5:
+
+    inputs :  1  0  1  1  0  =  _  _
+    targets:  1  1  0  1  1  1  -  -
+
+Arithmetic prefixes are strings at the numbers only (``3 + 1 *`` is not); with brackets most
+prefixes are not strings, so the option is refused there.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -37,10 +49,13 @@ class StateTracking(GeneratedTask):
     n_symbols: int
     n_answers: int
 
-    def __init__(self, train_max_len: int = 40, seed: int = 0) -> None:
+    def __init__(
+        self, train_max_len: int = 40, seed: int = 0, prefix_targets: bool = False
+    ) -> None:
         if train_max_len < 1:
             raise DataError(f"data.train_max_len must be >= 1, got {train_max_len}")
         self.train_max_len, self.seed = train_max_len, seed
+        self.prefix_targets = bool(prefix_targets)
         self.seq_len = train_max_len + 1
         self.answer0 = FIRST + self.n_symbols  # token of answer 0
         self.vocab_size = self.answer0 + self.n_answers
@@ -53,12 +68,23 @@ class StateTracking(GeneratedTask):
         """(symbols as indices in [0, n_symbols), answer in [0, n_answers)) per length."""
         raise NotImplementedError
 
-    def sample(self, batch_size: int, g: torch.Generator, length: int) -> Batch:
+    def prefix_answers(self, symbols: list[int]) -> list[int | None]:
+        """The answer of each prefix symbols[: i + 1], None where that prefix is not a
+        string of the task; the last entry is the answer of the whole string."""
+        raise NotImplementedError
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        g = step_generator(self.seed, step)
+        return self.sample(batch_size, g, self.seq_len, dense=self.prefix_targets)
+
+    def sample(
+        self, batch_size: int, g: torch.Generator, length: int, dense: bool = False
+    ) -> Batch:
         """Training and validation: n uniform in [1, train_max_len], padded to ``length``."""
         lengths = torch.randint(1, self.train_max_len + 1, (batch_size,), generator=g)
-        return self.pack(self.examples(lengths.tolist(), g), length)
+        return self.pack(self.examples(lengths.tolist(), g), length, dense)
 
-    def pack(self, examples: list[tuple[list[int], int]], width: int) -> Batch:
+    def pack(self, examples: list[tuple[list[int], int]], width: int, dense: bool = False) -> Batch:
         inputs = torch.full((len(examples), width), PAD)
         targets = torch.full_like(inputs, IGNORE)
         for row, (symbols, answer) in enumerate(examples):
@@ -66,6 +92,10 @@ class StateTracking(GeneratedTask):
             inputs[row, :n] = torch.tensor(symbols, dtype=torch.long) + FIRST
             inputs[row, n] = QUERY
             targets[row, n] = self.answer0 + answer
+            if dense:
+                for i, prefix in enumerate(self.prefix_answers(symbols)):
+                    if prefix is not None:
+                        targets[row, i] = self.answer0 + prefix
         return inputs, targets
 
     def test_batches(self, batch_size: int, n_batches: int, length: int) -> list[Batch]:
@@ -90,6 +120,9 @@ class Parity(StateTracking):
             out.append((bits, sum(bits) % 2))
         return out
 
+    def prefix_answers(self, symbols: list[int]) -> list[int | None]:
+        return [int(x) % 2 for x in itertools.accumulate(symbols)]
+
 
 class EvenPairs(StateTracking):
     """Symbols a = 0, b = 1; answer 1 iff the count of "ab" and "ba" pairs is even."""
@@ -103,25 +136,39 @@ class EvenPairs(StateTracking):
             out.append((s, int(s[0] == s[-1])))  # each change of symbol is one pair
         return out
 
+    def prefix_answers(self, symbols: list[int]) -> list[int | None]:
+        return [int(symbols[0] == x) for x in symbols]
+
 
 class CycleNav(StateTracking):
     """Symbols: 0 = move +1, 1 = move -1, 2 = stay; answer the final position mod modulus."""
 
     n_symbols = 3
 
-    def __init__(self, train_max_len: int = 40, modulus: int = 5, seed: int = 0) -> None:
+    STEP = (1, -1, 0)
+
+    def __init__(
+        self,
+        train_max_len: int = 40,
+        modulus: int = 5,
+        seed: int = 0,
+        prefix_targets: bool = False,
+    ) -> None:
         if modulus < 2:
             raise DataError(f"data.modulus must be >= 2, got {modulus}")
         self.modulus = self.n_answers = modulus
-        super().__init__(train_max_len, seed)
+        super().__init__(train_max_len, seed, prefix_targets)
 
     def examples(self, lengths: list[int], g: torch.Generator) -> list[tuple[list[int], int]]:
-        step = (1, -1, 0)
         out = []
         for n in lengths:
             moves = torch.randint(0, 3, (n,), generator=g).tolist()
-            out.append((moves, sum(step[m] for m in moves) % self.modulus))
+            out.append((moves, sum(self.STEP[m] for m in moves) % self.modulus))
         return out
+
+    def prefix_answers(self, symbols: list[int]) -> list[int | None]:
+        positions = itertools.accumulate(self.STEP[m] for m in symbols)
+        return [p % self.modulus for p in positions]
 
 
 class ModArith(StateTracking):
@@ -134,14 +181,24 @@ class ModArith(StateTracking):
     """
 
     def __init__(
-        self, train_max_len: int = 40, modulus: int = 5, brackets: bool = False, seed: int = 0
+        self,
+        train_max_len: int = 40,
+        modulus: int = 5,
+        brackets: bool = False,
+        seed: int = 0,
+        prefix_targets: bool = False,
     ) -> None:
         if modulus < 2:
             raise DataError(f"data.modulus must be >= 2, got {modulus}")
+        if brackets and prefix_targets:
+            raise DataError(
+                "data.prefix_targets needs every other prefix to be an expression; with "
+                "brackets most are not (use it with mod_arith)"
+            )
         self.modulus = self.n_answers = modulus
         self.brackets = brackets
         self.n_symbols = modulus + len(OPS) + (2 if brackets else 0)
-        super().__init__(train_max_len, seed)
+        super().__init__(train_max_len, seed, prefix_targets)
         self.names = [str(i) for i in range(modulus)] + list(OPS) + ["(", ")"][: 2 * brackets]
 
     def _draw(self, n: int, g: torch.Generator) -> list[str]:
@@ -159,6 +216,25 @@ class ModArith(StateTracking):
         for n in lengths:
             tokens = self._draw(n - 1 + n % 2, g)  # the odd length <= n
             out.append(([self.names.index(t) for t in tokens], evaluate(tokens, self.modulus)))
+        return out
+
+    def prefix_answers(self, symbols: list[int]) -> list[int | None]:
+        """Without brackets: at each number the value so far, kept as the sum of the
+        finished terms plus the signed product of the open term; None at operators."""
+        if self.brackets:
+            raise DataError("prefix answers are defined for mod_arith without brackets only")
+        m, out = self.modulus, []
+        total, term, sign = 0, 1, 1
+        for symbol in symbols:
+            name = self.names[symbol]
+            if name == "*":
+                out.append(None)
+            elif name in "+-":
+                total, term, sign = total + sign * term, 1, 1 if name == "+" else -1
+                out.append(None)
+            else:
+                term = term * int(name) % m
+                out.append((total + sign * term) % m)
         return out
 
 

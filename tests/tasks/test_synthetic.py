@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from statewise.cli import main
+from statewise.errors import ConfigError, DataError
 from statewise.tasks.base import IGNORE
 from statewise.tasks.config import SEQUENCE_TASKS, TASKS, DataConfig, build_task
 from statewise.tasks.copying import InductionHeads, SelectiveCopy
@@ -122,6 +123,56 @@ def test_state_tracking_answers_and_lengths(name, make, truth):
         assert any(task.names.index("(") in s for s, _ in train)
     if name == "mod_arith":
         assert "(" not in task.names
+
+
+DENSE_TASKS = [
+    ("parity", lambda dense: Parity(seed=1, prefix_targets=dense), lambda task: parity),
+    ("even_pairs", lambda dense: EvenPairs(seed=1, prefix_targets=dense), lambda t: even_pairs),
+    ("cycle_nav", lambda dense: CycleNav(seed=1, prefix_targets=dense), lambda t: cycle),
+    ("mod_arith", lambda dense: ModArith(seed=1, prefix_targets=dense), arith),
+]
+
+
+@pytest.mark.parametrize("name,make,truth", DENSE_TASKS, ids=[t[0] for t in DENSE_TASKS])
+def test_prefix_targets_are_the_answers_of_every_prefix_that_is_a_string(name, make, truth):
+    task = make(True)
+    truth = truth(task)
+    x, y = task.train_batch(3, 64)
+    n_targets = 0
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        end = row_x.index(QUERY)
+        symbols = [v - FIRST for v in row_x[:end]]
+        assert row_y[end] - task.answer0 == truth(symbols)
+        for i in range(end):
+            prefix = symbols[: i + 1]
+            # arithmetic prefixes are expressions when they end at a number (even index)
+            is_string = not name.startswith("mod_arith") or i % 2 == 0
+            want = truth(prefix) + task.answer0 if is_string else IGNORE
+            assert row_y[i] == want, (prefix, row_y[i])
+            n_targets += is_string
+        assert all(v == IGNORE for v in row_y[end + 1 :])
+    assert n_targets > 64 * 10  # about 20 (10 for arithmetic) prefixes per string of 1..40
+    # validation and test keep the single answer at the query
+    ((_, y_val),) = task.eval_batches(64, 1)
+    ((_, y_test),) = task.test_batches(64, 1, 50)
+    assert ((y_val != IGNORE).sum(1) == 1).all() and ((y_test != IGNORE).sum(1) == 1).all()
+    # the option changes the training targets only: the same strings as without it, and
+    # where the plain batch has a target the dense one has the same
+    plain_x, plain_y = make(False).train_batch(3, 64)
+    assert torch.equal(plain_x, x)
+    assert torch.equal(y[plain_y != IGNORE], plain_y[plain_y != IGNORE])
+
+
+def test_prefix_targets_are_refused_where_prefixes_are_not_strings():
+    with pytest.raises(DataError, match="brackets"):
+        ModArith(brackets=True, prefix_targets=True)
+    for task in ("mod_arith_brackets", "mqar", "char_lm"):
+        with pytest.raises(ConfigError, match="prefix_targets"):
+            DataConfig(task=task, prefix_targets=True)
+    with pytest.raises(ConfigError, match="prefix_targets"):
+        DataConfig(task="parity", prefix_targets="yes")
+    task = build_task(DataConfig(task="mod_arith", prefix_targets=True), seed=0)
+    assert task.prefix_targets
 
 
 def test_state_tracking_answers_are_balanced():
