@@ -88,6 +88,7 @@ def run_cell(
     f.fit(parts.train, parts.val, **limits, progress=progress)
     train_s = time.perf_counter() - start
     curve = [[h["step"], h["val_mse"]] for h in f.history if "val_mse" in h]
+    test, probabilistic = scored_test_split(f, parts.train, parts.test)
     train_windows = parts.train.shape[0] - input_len - horizon + 1
     steps = len(f.history)
     return {
@@ -102,8 +103,8 @@ def run_cell(
         "best_step": min(curve, key=lambda point: point[1])[0],
         "val_curve": curve,
         "val": score(f, parts.val)["all"],
-        "test": scores_on_test(f, parts.test),
-        "probabilistic": probabilistic_check(f, parts.train, parts.test),
+        "test": test,
+        "probabilistic": probabilistic,
     }
 
 
@@ -165,12 +166,22 @@ def score(
     return out
 
 
-def scores_on_test(f: Forecaster, test: torch.Tensor) -> dict[str, Any]:
-    """MSE and MAE over all test windows, and with drop_last (see the module doc)."""
-    scores = score(f, test)
+def scored_test_split(
+    f: Forecaster, train: torch.Tensor, test: torch.Tensor
+) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """(MSE and MAE over all test windows and with drop_last (see the module doc), the
+    probabilistic check or None for loss="mse"), from one pass over the test windows: the
+    coverage and CRPS of the forecast distribution and of the Gaussian of the training
+    residuals."""
+    sd = None if f.options["loss"] == "mse" else residual_sd(f, train)
+    scores = score(f, test, sd)
     keep = ("windows", "mse", "mae")
     drop_last = {name: {k: v for k, v in scores[name].items() if k in keep} for name in scores}
-    return {**drop_last.pop("all"), "drop_last": drop_last}
+    point = {**drop_last.pop("all"), "drop_last": drop_last}
+    if sd is None:
+        return point, None
+    names = ("coverage", "crps", "gaussian_coverage", "gaussian_crps")
+    return point, {"level": LEVEL, **{name: scores["all"][name] for name in names}}
 
 
 def residual_sd(f: Forecaster, train: torch.Tensor) -> torch.Tensor:
@@ -180,15 +191,3 @@ def residual_sd(f: Forecaster, train: torch.Tensor) -> torch.Tensor:
         total = total + ((y - f.family.mean(params)) ** 2).sum(0)
         count += y.shape[0]
     return (total / count).sqrt()
-
-
-def probabilistic_check(
-    f: Forecaster, train: torch.Tensor, test: torch.Tensor
-) -> dict[str, float] | None:
-    """Coverage and CRPS of the forecast distribution and of the Gaussian of the training
-    residuals on the test windows; None for loss="mse" (a point forecast)."""
-    if f.options["loss"] == "mse":
-        return None
-    scores = score(f, test, residual_sd(f, train))["all"]
-    names = ("coverage", "crps", "gaussian_coverage", "gaussian_crps")
-    return {"level": LEVEL, **{name: scores[name] for name in names}}

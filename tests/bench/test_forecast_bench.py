@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from statewise import Forecaster
-from statewise.bench.forecast_cell import probabilistic_check, scores_on_test, split_parts
+from statewise.bench.forecast_cell import scored_test_split, split_parts
 from statewise.bench.forecast_options import ForecastBench, cell_options, load_data
 from statewise.bench.forecast_published import format_table
 from statewise.cli import main
@@ -162,7 +162,7 @@ def test_scores_equal_a_reference_from_predict(csv):
         return (x.numpy() - mean) / std, (y.numpy() - mean) / std, (point - mean) / std
 
     x, y, point = scaled_windows(parts.test)
-    got = scores_on_test(f, parts.test)
+    got, check = scored_test_split(f, parts.train, parts.test)
     # rel 1e-6: both paths run the float32 network on the same float32 inputs
     assert got["windows"] == len(y) == N_TEST - H + 1
     assert got["mse"] == pytest.approx(np.mean((point - y) ** 2), rel=1e-6)
@@ -171,7 +171,6 @@ def test_scores_equal_a_reference_from_predict(csv):
     assert got["drop_last"]["dlinear_8"]["mse"] == pytest.approx(
         np.mean((point[:kept] - y[:kept]) ** 2), rel=1e-6
     )
-    check = probabilistic_check(f, parts.train, parts.test)
     assert check["crps"] == pytest.approx(f.evaluate(parts.test)["crps"], rel=1e-6)
 
     with torch.no_grad():
