@@ -766,6 +766,11 @@ def _add_bench_forecast_parser(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-len", type=int, default=16, help="stride half of it; 0: no patches")
     p.add_argument("--lr", type=float, help="learning rate of the recurrent rows (1e-3)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout of the recurrent rows (0)")
+    p.add_argument(
+        "--linear-skip",
+        action="store_true",
+        help="add a linear forecast of the normalised context to the recurrent rows' location",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: all)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -796,6 +801,7 @@ def _bench_forecast(args: argparse.Namespace) -> int:
         patch_len=args.patch_len,
         lr=args.lr,
         dropout=args.dropout,
+        linear_skip=args.linear_skip,
         seed=args.seed,
         threads=args.threads,
         progress=args.progress,

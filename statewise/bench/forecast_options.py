@@ -7,8 +7,9 @@ channel-independent (each variate its own sequence through shared weights), RevI
 of ``--patch-len`` steps at half that stride (PatchTST's 16 and 8: 41 tokens for 336 steps,
 so the recurrence runs 8x fewer steps), and the ``--loss`` head (Student-t by default, so
 the cell also gets the probabilistic check); ``--lr`` (the Forecaster's 1e-3 by default) and
-``--dropout`` (0) when given. "dlinear" runs as DLinear was published: MSE
-loss, no normalisation of the windows, weights shared by the channels.
+``--dropout`` (0) when given; ``--linear-skip`` adds a linear forecast of each variate's
+normalised context to the location (models/forecast/net.py). "dlinear" runs as DLinear was
+published: MSE loss, no normalisation of the windows, weights shared by the channels.
 
 Limits (:func:`cell_limits`): ``--epochs`` / ``--budget-s`` when given (for every row; the
 first reached stops), otherwise DEFAULT_BUDGET_S seconds of training for a registered layer
@@ -53,6 +54,7 @@ class ForecastBench:
     patch_len: int = 16
     lr: float | None = None
     dropout: float = 0.0
+    linear_skip: bool = False
     seed: int = 0
     threads: int | None = None
     progress: bool = True
@@ -83,6 +85,8 @@ def cell_options(bench: ForecastBench, layer: str) -> dict[str, Any]:
         options["lr"] = bench.lr
     if bench.dropout:
         options["dropout"] = bench.dropout
+    if bench.linear_skip:
+        options["linear_skip"] = True
     return options
 
 

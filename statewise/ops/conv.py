@@ -66,14 +66,13 @@ def _kernel_ready(*tensors: torch.Tensor | None) -> bool:
     return kernel.supported(*(t for t in tensors if t is not None))
 
 
-def _window_sum(
-    ext: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_len: int
-) -> torch.Tensor:
-    """out_t = bias + sum_j weight[:, j] * ext[:, t + j], t < seq_len; ext is (B, K-1+T, C).
+def _window_sum(ext: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """out_t = bias + sum_j weight[:, j] * ext[:, t + j], t < T; ext is (B, K-1+T, C).
     With the numba backend one pass of :mod:`statewise.kernels.conv`; else K passes."""
     kernel = weight.shape[-1]
-    if _kernel_ready(ext, weight, bias) and ext.shape[1] == kernel - 1 + seq_len:
+    if _kernel_ready(ext, weight, bias):
         return _KernelWindowSum.apply(ext, weight, bias)
+    seq_len = ext.shape[1] - (kernel - 1)
     out = ext[:, kernel - 1 : kernel - 1 + seq_len] * weight[:, -1]
     for j in range(kernel - 1):
         out = torch.addcmul(out, ext[:, j : j + seq_len], weight[:, j])
@@ -113,13 +112,13 @@ def causal_conv1d(
         )
     ext = torch.cat([window, u], dim=1)  # (B, K-1+T, C)
     if mask is None:
-        out = _window_sum(ext, weight, bias, seq_len)
+        out = _window_sum(ext, weight, bias)
         return out, ext[:, seq_len:].clone()  # the last K-1 inputs, not a view of ext
 
     keep = torch.cat([mask.new_ones(batch, kernel - 1), mask], dim=1)
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # real steps first
     ext = ext.gather(1, order.unsqueeze(-1).expand(-1, -1, channels))
-    out = _window_sum(ext, weight, bias, seq_len)
+    out = _window_sum(ext, weight, bias)
     # compacted output i belongs to step order[K-1+i] - (K-1) (the window stays in front)
     where = (order[:, kernel - 1 :] - (kernel - 1)).unsqueeze(-1).expand(-1, -1, channels)
     out = torch.zeros_like(out).scatter(1, where, out)

@@ -243,7 +243,7 @@ def test_the_table_marks_cells_not_run_and_shows_the_published_rows(finished):
     assert "not copied" in next(line for line in table if line.startswith("xLSTMTime"))
 
 
-def test_lr_and_dropout_reach_the_recurrent_rows_and_defaults_keep_stored_settings(csv):
+def test_lr_dropout_and_skip_reach_the_recurrent_rows_and_defaults_keep_stored_settings(csv):
     plain = cell_options(ForecastBench(str(csv)), "lru")
     assert "lr" not in plain and "dropout" not in plain  # cells stored before the flags match
     tuned = cell_options(ForecastBench(str(csv), lr=3e-4, dropout=0.2), "lru")
@@ -251,6 +251,11 @@ def test_lr_and_dropout_reach_the_recurrent_rows_and_defaults_keep_stored_settin
     f = Forecaster("lru", L, 4, **tuned)
     assert f.options["lr"] == 3e-4 and f.options["model_kwargs"]["dropout"] == 0.2
     assert cell_options(ForecastBench(str(csv), lr=3e-4), "dlinear")["loss"] == "mse"
+    assert "linear_skip" not in plain
+    skip = cell_options(ForecastBench(str(csv), linear_skip=True), "lru")
+    assert skip == {**plain, "linear_skip": True}
+    assert Forecaster("lru", L, 4, **skip).options["linear_skip"] is True
+    assert "linear_skip" not in cell_options(ForecastBench(str(csv), linear_skip=True), "dlinear")
 
 
 @pytest.mark.parametrize(
@@ -271,3 +276,11 @@ def test_an_interrupted_command_says_what_it_kept(csv, monkeypatch, capsys, argv
     monkeypatch.setitem(cli.COMMANDS, "models", interrupted)
     assert cli.main([a.format(csv=csv) for a in argv]) == 130
     assert said in capsys.readouterr().err
+
+
+def test_the_linear_skip_flag_reaches_the_stored_cell(csv, tmp_path):
+    out = tmp_path / "out"
+    assert bench(csv, out, "--layers", "mingru", "--horizons", "4", "--linear-skip") == 0
+    cell = json.loads((out / "mingru-h4.json").read_text())
+    assert cell["config"]["linear_skip"] is True
+    assert cell["settings"]["options"]["linear_skip"] is True

@@ -261,6 +261,12 @@ def test_dispatch_and_errors(fitted):
         Forecaster(layer="transformer")
     with pytest.raises(ArgumentError, match="reads the target only"):
         Forecaster(layer="dlinear", futr_exog_list=["promo"])
+    with pytest.raises(ArgumentError, match=r"it takes no \['linear_skip'\]"):
+        Forecaster(layer="dlinear", linear_skip=True)  # DLinear is linear already
+    with pytest.raises(ArgumentError, match="loss='negbin' has none"):
+        Forecaster(linear_skip=True, loss="negbin")
+    with pytest.raises(ArgumentTypeError, match="linear_skip must be True or False"):
+        Forecaster(linear_skip=1)
     with pytest.raises(DataError, match=r"no training window"):
         Forecaster(**TINY).fit(DF.groupby("unique_id").head(H), max_steps=1)
     val = Forecaster(**TINY).fit(

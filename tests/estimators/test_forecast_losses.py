@@ -115,3 +115,20 @@ def test_point_only_loss_refuses_levels_and_levels_are_checked():
         check_levels("80")
     with pytest.raises(ArgumentError, match="loss must be one of"):
         make_family("poisson", [80])
+
+
+@pytest.mark.parametrize("name", ["normal", "studentt", "quantile", "mse"])
+def test_adding_to_the_raw_location_shifts_the_distribution_by_that_much(name):
+    """linear_skip adds its forecast to raw[..., raw_location]: that must move the mean and
+    every quantile by the same amount and leave the scale and shape alone."""
+    family = make_family(name, [80, 95])
+    raw = _raw(family.n_params)
+    shifted = raw.clone()
+    shifted[..., family.raw_location] += 0.75
+    before, after = family.constrain(raw), family.constrain(shifted)
+    np.testing.assert_allclose(family.mean(after), family.mean(before) + 0.75, rtol=1e-12)
+    if name != "mse":
+        np.testing.assert_allclose(
+            family.quantiles(after, PROBS), family.quantiles(before, PROBS) + 0.75, rtol=1e-12
+        )
+    assert make_family("negbin", [80]).raw_location is None  # a mean in the counts' units

@@ -198,3 +198,32 @@ def test_seasonal_naive_and_ridge_equal_the_task_baselines():
         else:
             ref = ridge_predict(fit_ridge(y, target, 1e-2), y, H)
         assert torch.allclose(ridge(inputs(y))[0][..., 0], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n_targets", "independent", "location"), [(3, True, 0), (2, False, 2)])
+def test_linear_skip_adds_a_linear_map_of_the_normalised_context_to_the_location(
+    n_targets, independent, location
+):
+    spec = ForecastSpec(
+        input_len=L, horizon=H, n_targets=n_targets, n_params=5, revin=True,
+        channel_independent=independent, patch_len=4, patch_stride=2,
+    )  # fmt: skip
+    skip = ForecastSpec(**{**spec.__dict__, "linear_skip": True, "raw_location": location})
+    model = recurrent(skip)
+    plain = RecurrentForecaster(spec, _config()).eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == ["skip.bias", "skip.weight"]
+    y = torch.randn(6, L, n_targets, dtype=torch.float64) * 3 + 5
+    model, plain = model.double(), plain.double()
+    with torch.no_grad():
+        raw, shift, scale = model(inputs(y))
+        base, _, _ = plain(inputs(y))
+        z = (y - y.mean(1, keepdim=True)) / (y.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        w, b = model.skip.weight, model.skip.bias  # (H, L), (H,)
+        for k in range(n_targets):
+            for j in range(H):
+                expected = base[:, j, k, location] + z[:, :, k] @ w[j] + b[j]
+                torch.testing.assert_close(raw[:, j, k, location], expected)
+        others = [p for p in range(5) if p != location]
+        assert torch.equal(raw[..., others], base[..., others])
+        assert torch.allclose(shift, y.mean(1, keepdim=True))

@@ -80,9 +80,9 @@ class Forecaster(SavedEstimator):
     Options (docs/forecasting.md): layer (a registered layer, "dlinear", "seasonal_naive" or
     "ridge"), loss ("studentt" | "normal" | "quantile" | "negbin" | "mse"), levels (of the
     quantile loss), scaler ("standard" | "robust" | None), mode, revin, subtract_last,
-    patch_len / patch_stride, series_embedding_dim, futr/hist/stat_exog_list, calendar,
-    freq, alias (the name of the forecast column), season_length (seasonal naive),
-    moving_avg (DLinear's kernel), ridge_lam; other keywords go to ModelConfig.
+    patch_len / patch_stride, linear_skip, series_embedding_dim, futr/hist/stat_exog_list,
+    calendar, freq, alias (the name of the forecast column), season_length (seasonal
+    naive), moving_avg (DLinear's kernel), ridge_lam; other keywords go to ModelConfig.
     """
 
     kind = "Forecaster"
@@ -108,6 +108,7 @@ class Forecaster(SavedEstimator):
         revin: bool = False,
         patch_len: int = 0,
         patch_stride: int | None = None,
+        linear_skip: bool = False,
         series_embedding_dim: int = 0,
         futr_exog_list: Sequence[str] = (),
         hist_exog_list: Sequence[str] = (),
@@ -255,6 +256,8 @@ class Forecaster(SavedEstimator):
             subtract_last=o["subtract_last"],
             patch_len=o["patch_len"],
             patch_stride=o["patch_stride"],
+            linear_skip=o["linear_skip"],
+            raw_location=self.family.raw_location or 0,
             **sizes,
         )
 

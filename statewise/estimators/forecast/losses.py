@@ -85,6 +85,7 @@ class Family:
     n_params = 1
     locations: tuple[int, ...] = (0,)  # parameters that map to a z + b
     scales: tuple[int, ...] = ()  # parameters that map to a z
+    raw_location: int | None = 0  # the raw number that is a location in the window's units
     trains_in_data_units = False
 
     def constrain(self, raw: torch.Tensor) -> torch.Tensor:
@@ -176,7 +177,7 @@ class Quantile(Family):
         self.probs.insert(len(self.probs) // 2, 0.5)
         self.n_params = len(self.probs)
         self.locations = tuple(range(self.n_params))
-        self.middle = len(self.probs) // 2
+        self.middle = self.raw_location = len(self.probs) // 2
 
     def constrain(self, raw: torch.Tensor) -> torch.Tensor:
         m = self.middle
@@ -214,6 +215,7 @@ class Quantile(Family):
 
 class NegativeBinomial(Family):
     name, n_params, scales = "negbin", 2, ()
+    raw_location = None  # r0 becomes the mean by a softplus in the units of the counts
     trains_in_data_units = True
 
     def constrain(self, raw: torch.Tensor) -> torch.Tensor:

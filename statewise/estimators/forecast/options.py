@@ -95,8 +95,13 @@ def forecaster_options(**given: Any) -> dict[str, Any]:
         raise ArgumentError(f"scaler must be one of {SCALERS}, got {o['scaler']!r}")
     if o["mode"] not in MODES:
         raise ArgumentError(f"mode must be one of {MODES}, got {o['mode']!r}")
-    for name in ("revin", "calendar"):
+    for name in ("revin", "calendar", "linear_skip"):
         _flag(name, o[name])
+    if o["linear_skip"] and o["loss"] == "negbin":
+        raise ArgumentError(
+            "linear_skip adds a linear forecast to a location in the window's units; "
+            "loss='negbin' has none (its mean is a softplus in the units of the counts)"
+        )
     if o["subtract_last"] is None:
         o["subtract_last"] = not o["revin"]
     if _flag("subtract_last", o["subtract_last"]) and o["revin"]:
@@ -131,6 +136,7 @@ def forecaster_options(**given: Any) -> dict[str, Any]:
         uses += sorted(o["model_kwargs"])
         uses += ["series_embedding_dim"] if o["series_embedding_dim"] else []
         uses += ["patch_len"] if o["patch_len"] else []
+        uses += ["linear_skip"] if o["linear_skip"] else []
         if uses:
             raise ArgumentError(f"layer={layer!r} reads the target only; it takes no {uses}")
     return o

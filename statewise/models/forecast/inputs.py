@@ -55,6 +55,8 @@ class ForecastSpec:
     revin / subtract_last: the per-window normalisation (models.forecast.revin).
     patch_len, patch_stride: > 0 feed patches of patch_len steps, patch_stride apart, as
         tokens; 0 feeds every step.
+    linear_skip: add a linear map of the normalised context to the raw parameter
+        ``raw_location`` (a location in the window's units) of every horizon step.
     """
 
     input_len: int
@@ -72,3 +74,5 @@ class ForecastSpec:
     subtract_last: bool = False
     patch_len: int = 0
     patch_stride: int = 0
+    linear_skip: bool = False
+    raw_location: int = 0
