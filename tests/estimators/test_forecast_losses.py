@@ -54,6 +54,10 @@ def test_quantiles_match_scipy():
     p = student.constrain(_raw(3))
     ref = stats.t.ppf(PROBS, p[..., 2:3].numpy(), p[..., :1].numpy(), p[..., 1:2].numpy())
     np.testing.assert_allclose(student.quantiles(p, PROBS).numpy(), ref, rtol=1e-8)
+    # unpaired probabilities, in any order (the two ends of an interval share one solve)
+    odd = [0.95, 0.3, 0.5, 0.05, 0.6]
+    ref = stats.t.ppf(odd, p[..., 2:3].numpy(), p[..., :1].numpy(), p[..., 1:2].numpy())
+    np.testing.assert_allclose(student.quantiles(p, odd).numpy(), ref, rtol=1e-8)
 
 
 def test_negative_binomial_loss_and_quantiles_match_scipy():

@@ -162,8 +162,17 @@ class StudentT(Family):
         return crps_studentt(target, loc, scale, df).to(params.dtype)
 
     def quantiles(self, params: torch.Tensor, probs: Sequence[float]) -> torch.Tensor:
-        p = torch.tensor(probs, dtype=torch.float64)
-        t = studentt_icdf(p, params[..., 2:3].double()).to(params.dtype)
+        # t_(1 - p) = -t_p and t_0.5 = 0: one solve per distance from the median
+        distance = [round(abs(p - 0.5), 12) for p in probs]
+        solved = sorted(set(distance) - {0.0})
+        t = params.new_zeros(*params.shape[:-1], len(probs), dtype=torch.float64)
+        if solved:
+            upper = torch.tensor(solved, dtype=torch.float64) + 0.5
+            t_upper = studentt_icdf(upper, params[..., 2:3].double())
+            for j, (p, d) in enumerate(zip(probs, distance)):
+                if d > 0:
+                    t[..., j] = t_upper[..., solved.index(d)] * (1 if p > 0.5 else -1)
+        t = t.to(params.dtype)
         return params[..., :1] + params[..., 1:2] * t
 
 
