@@ -19,8 +19,9 @@ setup; otherwise one multivariate sequence of K targets ("channel mixing").
 
 Linear skip (``spec.linear_skip``): a linear forecaster of each target's normalised context
 (RLinear, Li et al. 2023, is exactly this term with RevIN) is added to the location
-parameter ``spec.raw_location``, so the recurrent network learns what it misses. On ETTh1 it
-lowers the validation MSE at every horizon (docs/forecasting.md).
+parameter ``spec.raw_location``, so the recurrent network learns what it misses. On ETTh1,
+with d_model 16 and dropout 0.3, it gives the lowest mean validation MSE of the configurations
+in docs/forecasting.md.
 
 Patching: the tokens are patches of patch_len steps (flattened), patch_stride apart, the last
 patch ending at the last context step; when (L - patch_len) is not a multiple of the stride
