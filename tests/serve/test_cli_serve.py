@@ -26,7 +26,9 @@ def test_sigterm_drains_streams_answers_503_and_exits_0(checkpoint_dir):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = ["--checkpoint", str(checkpoint_dir), "--port", str(port), "--grace-s", "1"]
+    # grace 5 s: the short stream's 200 tokens fit in it on a loaded 2-core machine (at 1 s
+    # it was cut off once), the long one's 100000 do not
+    argv = ["--checkpoint", str(checkpoint_dir), "--port", str(port), "--grace-s", "5"]
     argv += ["--max-tokens-limit", "100000", "--model-name", "bard"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "statewise", "serve", *argv],
@@ -46,30 +48,31 @@ def test_sigterm_drains_streams_answers_503_and_exits_0(checkpoint_dir):
                 pass
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
-        # a stream too long for the grace period, and a short one that fits in it
+        # a stream too long for the grace period, and a short one that fits in it; both
+        # are admitted (their 200 headers are read) before SIGTERM, with no sleep to race
         results: dict[str, list] = {}
 
-        def stream(name: str, max_tokens: int) -> None:
-            conn, response = open_stream(url, {"prompt": "To be", "max_tokens": max_tokens})
+        def read(name: str, conn: object, response: object) -> None:
             try:
                 results[name] = events(response)
             finally:
                 conn.close()
 
-        long = threading.Thread(target=stream, args=("long", 100000))
-        long.start()
-        time.sleep(0.3)
-        short = threading.Thread(target=stream, args=("short", 200))
-        short.start()
-        time.sleep(0.05)
+        readers = []
+        for name, max_tokens in (("long", 100000), ("short", 200)):
+            conn, response = open_stream(url, {"prompt": "To be", "max_tokens": max_tokens})
+            readers.append(threading.Thread(target=read, args=(name, conn, response)))
+            readers[-1].start()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10  # the signal is handled, whatever the machine's load
+        while request(url, "GET", "/health")[0] != 503:
+            assert time.monotonic() < deadline, "SIGTERM did not start draining"
+            time.sleep(0.05)
         status, reply = request(url, "POST", "/v1/completions", {"prompt": "a", "max_tokens": 2})
         assert status == 503 and reply["error"]["code"] == "shutting_down"
-        assert request(url, "GET", "/health")[0] == 503
         assert proc.wait(20) == 0, proc.stderr.read().decode()
-        long.join(10)
-        short.join(10)
+        for reader in readers:
+            reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
