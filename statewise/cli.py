@@ -750,7 +750,7 @@ def _add_bench_forecast_parser(bench: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget-s",
         type=float,
-        help="training seconds per cell (default: 1200; dlinear: 10 epochs)",
+        help="training seconds per cell (when neither limit is given: 10 epochs, at most 1200 s)",
     )
     p.add_argument("--epochs", type=int, help="epochs per cell (the first limit reached stops)")
     p.add_argument(
@@ -761,15 +761,16 @@ def _add_bench_forecast_parser(bench: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", metavar="FILE", help="write the whole run to FILE as JSON")
     p.add_argument("--loss", default="studentt", help="head of the recurrent rows (studentt)")
-    p.add_argument("--d-model", type=int, default=64, help="(64)")
+    p.add_argument("--d-model", type=int, default=16, help="(16)")
     p.add_argument("--n-layers", type=int, default=2, help="(2)")
     p.add_argument("--patch-len", type=int, default=16, help="stride half of it; 0: no patches")
     p.add_argument("--lr", type=float, help="learning rate of the recurrent rows (1e-3)")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout of the recurrent rows (0)")
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout of the recurrent rows (0.3)")
     p.add_argument(
         "--linear-skip",
-        action="store_true",
-        help="add a linear forecast of the normalised context to the recurrent rows' location",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add a linear forecast of the normalised context to the recurrent rows' location (on)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: all)")

@@ -17,7 +17,7 @@ import torch
 
 from statewise import Forecaster
 from statewise.bench.forecast_cell import scored_test_split, split_parts
-from statewise.bench.forecast_options import ForecastBench, cell_options, load_data
+from statewise.bench.forecast_options import ForecastBench, cell_limits, cell_options, load_data
 from statewise.bench.forecast_published import format_table
 from statewise.cli import main
 from statewise.estimators.forecast.arrays import context_inputs
@@ -243,19 +243,34 @@ def test_the_table_marks_cells_not_run_and_shows_the_published_rows(finished):
     assert "not copied" in next(line for line in table if line.startswith("xLSTMTime"))
 
 
-def test_lr_dropout_and_skip_reach_the_recurrent_rows_and_defaults_keep_stored_settings(csv):
-    plain = cell_options(ForecastBench(str(csv)), "lru")
-    assert "lr" not in plain and "dropout" not in plain  # cells stored before the flags match
-    tuned = cell_options(ForecastBench(str(csv), lr=3e-4, dropout=0.2), "lru")
+def test_the_defaults_are_the_chosen_configuration_and_off_values_keep_stored_settings(csv):
+    chosen = cell_options(ForecastBench(str(csv)), "lru")
+    assert (chosen["d_model"], chosen["dropout"], chosen["linear_skip"]) == (16, 0.3, True)
+    assert cell_limits(ForecastBench(str(csv)), "lru") == {"epochs": 10, "budget_s": 1200.0}
+    assert cell_limits(ForecastBench(str(csv)), "dlinear") == {"epochs": 10, "budget_s": None}
+    assert cell_limits(ForecastBench(str(csv), budget_s=60), "lru") == {
+        "epochs": None,
+        "budget_s": 60,
+    }
+    # dropout 0 and no skip leave their keys out, as the cells stored before the flags did
+    plain = cell_options(ForecastBench(str(csv), d_model=64, dropout=0, linear_skip=False), "lru")
+    assert not {"lr", "dropout", "linear_skip"} & set(plain) and plain["d_model"] == 64
+    tuned = cell_options(
+        ForecastBench(str(csv), d_model=64, lr=3e-4, dropout=0.2, linear_skip=False), "lru"
+    )
     assert tuned == {**plain, "lr": 3e-4, "dropout": 0.2}
     f = Forecaster("lru", L, 4, **tuned)
     assert f.options["lr"] == 3e-4 and f.options["model_kwargs"]["dropout"] == 0.2
-    assert cell_options(ForecastBench(str(csv), lr=3e-4), "dlinear")["loss"] == "mse"
-    assert "linear_skip" not in plain
-    skip = cell_options(ForecastBench(str(csv), linear_skip=True), "lru")
-    assert skip == {**plain, "linear_skip": True}
-    assert Forecaster("lru", L, 4, **skip).options["linear_skip"] is True
-    assert "linear_skip" not in cell_options(ForecastBench(str(csv), linear_skip=True), "dlinear")
+    assert Forecaster("lru", L, 4, **chosen).options["linear_skip"] is True
+    dlinear = cell_options(ForecastBench(str(csv), lr=3e-4), "dlinear")
+    assert dlinear["loss"] == "mse" and "linear_skip" not in dlinear and "dropout" not in dlinear
+
+
+def test_negbin_asks_for_no_linear_skip(csv, capsys):
+    from statewise import cli
+
+    assert cli.main(["bench", "forecast", "--data", str(csv), "--loss", "negbin"]) == 2
+    assert "--no-linear-skip" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -278,9 +293,10 @@ def test_an_interrupted_command_says_what_it_kept(csv, monkeypatch, capsys, argv
     assert said in capsys.readouterr().err
 
 
-def test_the_linear_skip_flag_reaches_the_stored_cell(csv, tmp_path):
+@pytest.mark.parametrize(("flags", "skip"), [((), True), (("--no-linear-skip",), False)])
+def test_the_linear_skip_flag_reaches_the_stored_cell(csv, tmp_path, flags, skip):
     out = tmp_path / "out"
-    assert bench(csv, out, "--layers", "mingru", "--horizons", "4", "--linear-skip") == 0
+    assert bench(csv, out, "--layers", "mingru", "--horizons", "4", *flags) == 0
     cell = json.loads((out / "mingru-h4.json").read_text())
-    assert cell["config"]["linear_skip"] is True
-    assert cell["settings"]["options"]["linear_skip"] is True
+    assert cell["config"]["linear_skip"] is skip
+    assert cell["settings"]["options"].get("linear_skip", False) is skip
