@@ -264,7 +264,13 @@ def test_gradcheck(name, mode):
         return (y, *float_leaves(final))
 
     args = (x.requires_grad_(True), *(leaves[i].clone().requires_grad_(True) for i in float_idx))
-    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5)
+    # fast_mode compares u^T J v (random u, v) of the backward with the finite difference
+    # instead of every column of J: 14 s instead of 203 s for the 244 cases. With tolerances
+    # 1000x tighter than the full check's (float64 and eps 1e-6 leave about 1e-10 of
+    # finite-difference error) it is at least as strict: a backward with one gradient 0.1 %
+    # off (the loop scan's grad_a; the numba selective scan's grad_x) failed 11 and 2 cases
+    # here against the full check's 10 and 1 at atol 1e-5, rtol 1e-3.
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("name,mode", CASES, ids=IDS)
