@@ -267,9 +267,7 @@ def test_the_defaults_are_the_chosen_configuration_and_off_values_keep_stored_se
 
 
 def test_negbin_asks_for_no_linear_skip(csv, capsys):
-    from statewise import cli
-
-    assert cli.main(["bench", "forecast", "--data", str(csv), "--loss", "negbin"]) == 2
+    assert main(["bench", "forecast", "--data", str(csv), "--loss", "negbin"]) == 2
     assert "--no-linear-skip" in capsys.readouterr().err
 
 
