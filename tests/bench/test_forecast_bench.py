@@ -212,6 +212,7 @@ def test_a_rerun_with_other_settings_is_refused(finished, csv, capsys):
         (["--horizons", "4", "--epochs", "0"], "layer lstm: epochs must be positive"),
         (["--horizons", "4", "--patch-len", "32"], "patch_len must be <= input_len"),
         (["--horizons", "4", "--threads", "0"], "--threads must be >= 1"),
+        (["--horizons", "4", "--dropout", "nan"], "model.dropout must be a finite number"),
     ],
 )
 def test_bad_options_are_refused_before_anything_is_written(csv, tmp_path, capsys, flags, message):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from statewise import Forecaster
-from statewise.errors import ArgumentError, ArgumentTypeError, DataError
+from statewise.errors import ArgumentError, ArgumentTypeError, ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -267,6 +267,13 @@ def test_dispatch_and_errors(fitted):
         Forecaster(linear_skip=True, loss="negbin")
     with pytest.raises(ArgumentTypeError, match="linear_skip must be True or False"):
         Forecaster(linear_skip=1)
+    # the network's extra fields are checked at construction, not at the first fit
+    with pytest.raises(ArgumentError, match="unexpected keyword argument 'dropuot'"):
+        Forecaster(dropuot=0.3)
+    with pytest.raises(ConfigError, match="model.dropout must be a finite number, got nan"):
+        Forecaster(dropout=float("nan"))
+    with pytest.raises(ConfigError, match=r"model.dropout must be in \[0, 1\), got 1.5"):
+        Forecaster(dropout=1.5)
     with pytest.raises(DataError, match=r"no training window"):
         Forecaster(**TINY).fit(DF.groupby("unique_id").head(H), max_steps=1)
     val = Forecaster(**TINY).fit(

@@ -16,7 +16,7 @@ from statewise import layers
 from statewise.errors import ArgumentError, ArgumentTypeError
 from statewise.estimators.forecast.frame import DS, ID, Y
 from statewise.estimators.forecast.losses import LOSSES, check_levels
-from statewise.estimators.forecast.training import BUILT_IN, CLOSED_FORM
+from statewise.estimators.forecast.training import BUILT_IN, CLOSED_FORM, model_config
 from statewise.tasks.forecast import SCALERS
 
 MODES = ("channel_mixing", "channel_independent")
@@ -65,6 +65,18 @@ def check_h(h: Any, horizon: int) -> int:
     if isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= horizon:
         raise ArgumentError(f"h must be an int in [1, horizon = {horizon}], got {h!r}")
     return h
+
+
+def _check_model_kwargs(o: dict[str, Any]) -> None:
+    """Build the network's ModelConfig now, so that a bad ``**model_kwargs`` (an unknown
+    field, a NaN dropout) fails at construction rather than at ``fit``."""
+    try:
+        model_config(o, n_targets=1)
+    except TypeError as err:
+        raise ArgumentError(
+            f"{err}; the Forecaster's extra keyword arguments are ModelConfig fields "
+            "(dropout, mlp, norm, layer_kwargs, ...)"
+        ) from None
 
 
 def forecaster_options(**given: Any) -> dict[str, Any]:
@@ -131,6 +143,8 @@ def forecaster_options(**given: Any) -> dict[str, Any]:
             )
     if o["alias"] is not None and (not isinstance(o["alias"], str) or not o["alias"]):
         raise ArgumentError(f"alias must be a non-empty str, got {o['alias']!r}")
+    if layer not in BUILT_IN:
+        _check_model_kwargs(o)
     if layer in BUILT_IN:
         uses = [n for n in ("futr_exog_list", "hist_exog_list", "stat_exog_list") if o[n]]
         uses += sorted(o["model_kwargs"])

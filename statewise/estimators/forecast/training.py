@@ -49,17 +49,21 @@ def build_network(options: dict[str, Any], spec: ForecastSpec) -> nn.Module:
         return SeasonalNaive(spec, options["season_length"])
     if layer == "ridge":
         return RidgeOnLags(spec, options["ridge_lam"])
-    config = ModelConfig(
-        layer=layer,
+    return RecurrentForecaster(spec, model_config(options, spec.n_targets))
+
+
+def model_config(options: dict[str, Any], n_targets: int) -> ModelConfig:
+    """The ModelConfig of a registered layer's network (``model_kwargs`` are its fields)."""
+    return ModelConfig(
+        layer=options["layer"],
         d_model=options["d_model"],
         n_layers=options["n_layers"],
         head="forecaster",
-        input_dim=spec.n_targets,
-        horizon=spec.horizon,
+        input_dim=n_targets,
+        horizon=options["horizon"],
         vocab_size=0,
         **options["model_kwargs"],
     )
-    return RecurrentForecaster(spec, config)
 
 
 def distribution(net: nn.Module, family: Family, inputs: ForecastInputs) -> torch.Tensor:
