@@ -78,10 +78,12 @@ Check = Callable[[object, int, torch.Tensor], Iterator[tuple[str, torch.Tensor, 
 @dataclass
 class Bounds:
     """output: a bound on |y| per channel (D,); state(state, t, x_t) yields (label, value,
-    bound) after t steps whose last input was x_t, and asserts exact invariants itself."""
+    bound) after t steps whose last input was x_t, and asserts exact invariants itself.
+    max_steps: the longest stream the bounds hold for (None: any length)."""
 
     output: torch.Tensor
     state: Check
+    max_steps: int | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -451,7 +453,7 @@ def bounds_parallel_lmu(layer) -> Bounds:
     def state(m, t, x):
         yield "|m|", m, m_bound
 
-    return Bounds(output, state)
+    return Bounds(output, state, max_steps=STEPS)  # the impulse sums run to STEPS
 
 
 def bounds_lmu(layer) -> Bounds:
@@ -473,7 +475,7 @@ def bounds_lmu(layer) -> Bounds:
         yield "|m|", s["m"], m_bound
         yield "|h|", s["h"], one
 
-    return Bounds(output, state)
+    return Bounds(output, state, max_steps=STEPS)  # the impulse sums run to STEPS
 
 
 def bounds_titans(layer) -> Bounds:
@@ -781,6 +783,8 @@ def run_stream(layer: SequenceMixer, bounds: Bounds, steps: int, seed: int = 0) 
     """``steps`` calls of ``layer.step`` on uniform [-X, X] input; the state is checked every
     CHECK_EVERY steps (and after the last step) and |y| through its running maximum.
     Returns the final state."""
+    if bounds.max_steps is not None and steps > bounds.max_steps:
+        raise ValueError(f"these bounds hold for {bounds.max_steps} steps, not {steps}")
     gen = torch.Generator().manual_seed(seed)
     state = layer.init_state(BATCH)
     peak = torch.zeros(BATCH, D_MODEL)
