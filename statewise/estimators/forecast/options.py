@@ -145,12 +145,12 @@ def forecaster_options(**given: Any) -> dict[str, Any]:
         raise ArgumentError(f"alias must be a non-empty str, got {o['alias']!r}")
     if layer not in BUILT_IN:
         _check_model_kwargs(o)
-    if layer in BUILT_IN:
-        uses = [n for n in ("futr_exog_list", "hist_exog_list", "stat_exog_list") if o[n]]
-        uses += sorted(o["model_kwargs"])
-        uses += ["series_embedding_dim"] if o["series_embedding_dim"] else []
-        uses += ["patch_len"] if o["patch_len"] else []
-        uses += ["linear_skip"] if o["linear_skip"] else []
-        if uses:
-            raise ArgumentError(f"layer={layer!r} reads the target only; it takes no {uses}")
+        return o
+    uses = [n for n in ("futr_exog_list", "hist_exog_list", "stat_exog_list") if o[n]]
+    uses += sorted(o["model_kwargs"])
+    uses += ["series_embedding_dim"] if o["series_embedding_dim"] else []
+    uses += ["patch_len"] if o["patch_len"] else []
+    uses += ["linear_skip"] if o["linear_skip"] else []
+    if uses:
+        raise ArgumentError(f"layer={layer!r} reads the target only; it takes no {uses}")
     return o
