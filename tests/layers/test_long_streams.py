@@ -43,7 +43,8 @@ Speed: ``STEPS`` = 4,000 python-level steps per layer in the default run, at d_m
 batch 2, four state checks: a blow-up grows geometrically or reaches inf/NaN well within
 them. At 10,000 steps the slowest layers took up to 1.3 ms a step on the 2-core machine
 (pytest --durations on a fresh clone, 2026-12-06: titans 13.1 s, gated_deltanet 11.2 s, rwkv
-10.9 s), about 2 min of the default run for all of them; ``-m slow`` runs 1,000,000 steps for the layers in ``CHEAP`` (1-5 min each).
+10.9 s), about 2 min of the default run for all of them; ``-m slow`` runs 1,000,000 steps
+for the layers in ``CHEAP`` (1-5 min each).
 """
 
 from __future__ import annotations
