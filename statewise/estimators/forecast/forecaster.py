@@ -301,7 +301,8 @@ class Forecaster(SavedEstimator):
         """Arrays: forecast from ``context`` of shape (input_len,), (input_len, C),
         (N, input_len) or (N, input_len, C) -> (horizon,), (horizon, C), (N, horizon),
         (N, horizon, C), numpy or torch like ``context``, in the original units (the point
-        forecast).
+        forecast); with ``level``, a dict of such arrays keyed like the DataFrame's columns
+        (``self.name``, ``<name>-lo-<level>``, ``<name>-hi-<level>``).
 
         DataFrames: forecast the next ``h`` (<= horizon, default horizon) steps after the
         end of every series of the training frame, or of ``context`` if it is a DataFrame
@@ -310,11 +311,11 @@ class Forecaster(SavedEstimator):
         point column (``self.name``) and ``<name>-lo-<level>`` / ``<name>-hi-<level>``."""
         self._require_fit("predict")
         if self.frame is None:
-            if h is not None or futr_df is not None or level is not None or static_df is not None:
+            if h is not None or futr_df is not None or static_df is not None:
                 raise ArgumentError(
-                    "h, futr_df, level and static_df apply to a model fitted on a DataFrame"
+                    "h, futr_df and static_df apply to a model fitted on a DataFrame"
                 )
-            return self._predict_array(context)
+            return self._predict_array(context, level)
         if context is not None and not is_dataframe(context):
             raise ArgumentTypeError(
                 "context: this model was fitted on a DataFrame; pass a DataFrame of history "
@@ -335,16 +336,16 @@ class Forecaster(SavedEstimator):
             gridded.ids, stamps, forecast_columns(self.family, self.name, params, levels)
         )
 
-    def _predict_array(self, context: Any) -> Any:
+    def _predict_array(self, context: Any, level: Sequence[float] | None) -> Any:
         x, restore = as_contexts(context, self.input_len, int(self.shift.shape[0]))
-        return restore(self._forward((x - self.shift) / self.scale) * self.scale + self.shift)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled contexts (N, input_len, C) -> point forecasts (N, horizon, C), scaled."""
         self.model.eval()
-        params = distribution(self.model, self.family, context_inputs(x, self.horizon))
-        data = self.family.affine(params.double(), self.shift, self.scale)
-        return (self.family.mean(data) - self.shift) / self.scale
+        inputs = context_inputs((x - self.shift) / self.scale, self.horizon)
+        params = distribution(self.model, self.family, inputs).double()
+        params = self.family.affine(params, self.shift, self.scale)  # (N, H, C, P), data units
+        if level is None:
+            return restore(self.family.mean(params))
+        columns = forecast_columns(self.family, self.name, params, check_levels(level))
+        return {name: restore(values) for name, values in columns.items()}
 
     def _check_series(self, ids: np.ndarray) -> None:
         if self.spec.series_embedding_dim and not np.isin(ids, self.frame.ids).all():

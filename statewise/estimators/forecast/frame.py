@@ -282,10 +282,11 @@ def static_rows(static_df: Any, ids: np.ndarray, columns: list[str]) -> np.ndarr
     return values
 
 
-def forecast_frame(ids: np.ndarray, stamps: list[Any], columns: dict[str, np.ndarray]) -> Any:
+def forecast_frame(ids: np.ndarray, stamps: list[Any], columns: dict[str, Any]) -> Any:
     """A long DataFrame: ``unique_id`` repeated per row, ``ds`` concatenated, then
-    ``columns`` (each flat, one value per row)."""
+    ``columns`` (arrays or tensors, flattened to one value per row)."""
     pd = import_pandas()
     counts = [len(s) for s in stamps]
     frame = {ID: np.repeat(ids, counts), DS: np.concatenate([np.asarray(s) for s in stamps])}
-    return pd.DataFrame({**frame, **columns})
+    frame.update({name: np.asarray(values).reshape(-1) for name, values in columns.items()})
+    return pd.DataFrame(frame)

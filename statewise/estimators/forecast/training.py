@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -79,14 +78,14 @@ def in_data_units(params: torch.Tensor, family: Family, panel: Panel, s: torch.T
 
 def forecast_columns(
     family: Family, name: str, params: torch.Tensor, levels: Sequence[float]
-) -> dict[str, np.ndarray]:
-    """Parameters (..., P) in the data's units -> flat columns: the point forecast ``name``
-    and the interval bounds of ``levels`` (forecast_frame.interval_columns)."""
-    columns = {name: family.mean(params).reshape(-1).numpy()}
+) -> dict[str, torch.Tensor]:
+    """Parameters (..., P) in the data's units -> columns of shape (...): the point forecast
+    ``name`` and the interval bounds of ``levels`` (frame.interval_columns)."""
+    columns = {name: family.mean(params)}
     if levels:
         quantiles = family.quantiles(params, level_probabilities(levels))
         for i, column in enumerate(interval_columns(name, list(levels))):
-            columns[column] = quantiles[..., i].reshape(-1).numpy()
+            columns[column] = quantiles[..., i]
     return columns
 
 
