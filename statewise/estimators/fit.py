@@ -66,9 +66,13 @@ def check_array(value: Any, name: str) -> bool:
 
 
 def as_tensor(value: Any, name: str) -> tuple[torch.Tensor, bool]:
-    """numpy/torch -> (a detached CPU tensor of the same dtype, whether it was numpy)."""
+    """numpy/torch -> (a detached CPU tensor of the same dtype, whether it was numpy). A
+    read-only array (e.g. pandas' ``to_numpy()`` under copy-on-write) is copied, since torch
+    cannot share memory it may not write; the others are shared, never written."""
     is_numpy = check_array(value, name)
-    return torch.as_tensor(np.asarray(value) if is_numpy else value).detach().cpu(), is_numpy
+    if is_numpy and not value.flags.writeable:
+        value = value.copy()
+    return torch.as_tensor(value).detach().cpu(), is_numpy
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from statewise import Forecaster
 from statewise.errors import ArgumentError
+from statewise.estimators.fit import as_tensor
 from statewise.tasks.forecast import baselines, split_series
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -154,3 +155,15 @@ def test_array_intervals_cover_as_stated_on_known_noise():
         mse.predict(series(200)[-L:], level=[80])
     with pytest.raises(ArgumentError, match="level"):
         f.predict(data[-L2:], level=[120])
+
+
+def test_read_only_arrays_are_copied_writable_ones_shared():
+    """pandas' to_numpy() under copy-on-write is read-only: torch cannot share it (it warns
+    of undefined behaviour), so as_tensor copies it; a writable array is shared, not copied."""
+    data = series(200)
+    read_only = data.copy()
+    read_only.flags.writeable = False
+    assert not np.shares_memory(as_tensor(read_only, "x")[0].numpy(), read_only)
+    assert np.shares_memory(as_tensor(data, "x")[0].numpy(), data)
+    f = Forecaster(**TINY).fit(read_only, max_steps=2, progress=False)
+    np.testing.assert_array_equal(f.predict(read_only[-L:]), f.predict(data[-L:]))

@@ -19,8 +19,16 @@ H = TINY["horizon"]
 DF = sine_panel([80, 60], ["2021-01-01", "2021-01-03 07:00"])[["unique_id", "ds", "y", "promo"]]
 
 
-def test_cutoffs_rows_and_agreement_with_predict():
+def test_cutoffs_rows_and_agreement_with_predict(monkeypatch):
     f = Forecaster(**TINY, futr_exog_list=["promo"])
+    fitted_on = []
+    fit = Forecaster.fit
+
+    def recording_fit(self, train, *args, **kwargs):
+        fitted_on.append(train.groupby("unique_id").ds.max().tolist())
+        return fit(self, train, *args, **kwargs)
+
+    monkeypatch.setattr(Forecaster, "fit", recording_fit)
     cv = f.cross_validation(
         DF, h=4, n_windows=3, step_size=2, level=[80], max_steps=5, progress=False
     )
@@ -36,13 +44,14 @@ def test_cutoffs_rows_and_agreement_with_predict():
             start = series.index[series.ds == cutoff][0] + 1
             assert window.ds.tolist() == series.ds[start : start + 4].tolist()
             assert window.y.tolist() == series.y[start : start + 4].tolist()
-    # fitted once, on the rows up to each series' first cutoff: its last row is that cutoff
-    first = cv.groupby("unique_id").cutoff.min()
-    fitted_until = [
-        start + (len(rows) - 1) * pd.Timedelta(hours=1)
-        for start, rows in zip(f.frame.tail.starts, f.frame.tail.rows)
-    ]
-    assert fitted_until == first.tolist()
+    # fitted once, on the rows up to each series' first cutoff
+    assert fitted_on == [cv.groupby("unique_id").cutoff.min().tolist()]
+    # afterwards predict() continues every series from the end of DF (the weights of the fit)
+    future = sine_panel([80 + H, 60 + H], ["2021-01-01", "2021-01-03 07:00"])
+    future = future[future.ds > future.unique_id.map(DF.groupby("unique_id").ds.max())]
+    after = f.predict(futr_df=future)
+    assert after.ds.tolist() == future.ds.tolist()
+    pd.testing.assert_frame_equal(after, f.predict(DF, futr_df=future))
     # the last window equals predict from the history up to its cutoff
     last = DF.unique_id.map(cv.groupby("unique_id").cutoff.max())
     expected = f.predict(DF[DF.ds <= last], h=4, futr_df=DF[DF.ds > last], level=[80])

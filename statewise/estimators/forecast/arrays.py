@@ -14,15 +14,14 @@ import numpy as np
 import torch
 
 from statewise.errors import ArgumentError
-from statewise.estimators.fit import check_array, check_finite
+from statewise.estimators.fit import as_tensor, check_finite
 from statewise.estimators.forecast.panel import Panel, make_panel
 from statewise.models.forecast.inputs import ForecastInputs
 
 
 def as_series(value: Any, name: str, min_rows: int) -> torch.Tensor:
     """(N,) or (N, C) numpy/torch -> float64 tensor (N, C), checked."""
-    is_numpy = check_array(value, name)
-    x = torch.as_tensor(np.asarray(value) if is_numpy else value).detach().double().cpu()
+    x = as_tensor(value, name)[0].double()
     if x.dim() == 1:
         x = x[:, None]
     if x.dim() != 2 or x.shape[1] == 0:
@@ -74,10 +73,9 @@ def as_contexts(
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     """context -> (N, input_len, C) float64 and a function mapping (N, horizon, C) back to
     the shape and type of ``context``."""
-    is_numpy = check_array(context, "context")
-    x = torch.as_tensor(np.asarray(context) if is_numpy else context).detach()
+    x, is_numpy = as_tensor(context, "context")
     x_dtype = x.dtype
-    x = x.double().cpu()
+    x = x.double()
     check_finite(x, "context")
     L, C = input_len, n_channels
     shape = tuple(x.shape)

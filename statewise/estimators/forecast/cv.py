@@ -11,7 +11,9 @@ so the last window ends at the series' last row, and the windows are step_size r
 up to it and the future-known covariates after it, with the training statistics), or on
 the rows before c_k for every window (``refit=True``: a fresh fit, same options and seed).
 Every series needs c_0 >= 1; a series with fewer than horizon + 1 rows before c_0 has no
-training window (it is still forecast).
+training window (it is still forecast). Afterwards the forecaster keeps the weights of its
+last fit and continues every series from the end of ``df`` (as NeuralForecast's
+``cross_validation`` leaves its models), so ``predict()`` forecasts the future.
 
 The result has one row per (series, cutoff, step): unique_id, ds, cutoff (the timestamp of
 the last row before the window), y (the actual value, NaN where missing), and the forecast
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from statewise.errors import ArgumentError, ArgumentTypeError, DataError
+from statewise.estimators.forecast.dataframe import last_rows
 from statewise.estimators.forecast.frame import (
     DS,
     ID,
@@ -54,7 +57,8 @@ def cross_validation(
     level: Any,
     fit_kwargs: dict[str, Any],
 ) -> Any:
-    """See the module doc; fits ``forecaster`` (it stays fitted on the last training part)."""
+    """See the module doc; fits ``forecaster``: it keeps the weights of the last training
+    part, and predict() continues every series from the end of ``df``."""
     if not is_dataframe(df):
         raise ArgumentTypeError(f"df must be a long pandas DataFrame, got {type(df).__name__}")
     h = check_h(h, forecaster.horizon)
@@ -92,6 +96,7 @@ def cross_validation(
         c = cutoffs[:, list(chosen)].reshape(-1)
         params = forecast(forecaster.model, forecaster.family, panel, (s, c), forecaster.horizon)
         pieces.append((s, c, params[:, :h, 0]))
+    forecaster.frame.tail = last_rows(gridded, forecaster.input_len, freq)
     s, c, params = (torch.cat(parts) for parts in zip(*pieces))
     order = torch.from_numpy(np.lexsort((c.numpy(), s.numpy())))
     s, c, params = s[order], c[order], params[order]
