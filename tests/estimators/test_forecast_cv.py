@@ -19,16 +19,22 @@ H = TINY["horizon"]
 DF = sine_panel([80, 60], ["2021-01-01", "2021-01-03 07:00"])[["unique_id", "ds", "y", "promo"]]
 
 
-def test_cutoffs_rows_and_agreement_with_predict(monkeypatch):
-    f = Forecaster(**TINY, futr_exog_list=["promo"])
-    fitted_on = []
+@pytest.fixture
+def fitted_until(monkeypatch) -> list[list]:
+    """Every Forecaster.fit call records its training frame's last ds per series."""
+    seen = []
     fit = Forecaster.fit
 
     def recording_fit(self, train, *args, **kwargs):
-        fitted_on.append(train.groupby("unique_id").ds.max().tolist())
+        seen.append(train.groupby("unique_id").ds.max().tolist())
         return fit(self, train, *args, **kwargs)
 
     monkeypatch.setattr(Forecaster, "fit", recording_fit)
+    return seen
+
+
+def test_cutoffs_rows_and_agreement_with_predict(fitted_until):
+    f = Forecaster(**TINY, futr_exog_list=["promo"])
     cv = f.cross_validation(
         DF, h=4, n_windows=3, step_size=2, level=[80], max_steps=5, progress=False
     )
@@ -45,7 +51,7 @@ def test_cutoffs_rows_and_agreement_with_predict(monkeypatch):
             assert window.ds.tolist() == series.ds[start : start + 4].tolist()
             assert window.y.tolist() == series.y[start : start + 4].tolist()
     # fitted once, on the rows up to each series' first cutoff
-    assert fitted_on == [cv.groupby("unique_id").cutoff.min().tolist()]
+    assert fitted_until == [cv.groupby("unique_id").cutoff.min().tolist()]
     # afterwards predict() continues every series from the end of DF (the weights of the fit)
     future = sine_panel([80 + H, 60 + H], ["2021-01-01", "2021-01-03 07:00"])
     future = future[future.ds > future.unique_id.map(DF.groupby("unique_id").ds.max())]
@@ -60,16 +66,9 @@ def test_cutoffs_rows_and_agreement_with_predict(monkeypatch):
     np.testing.assert_allclose(got["lru-hi-80"], expected["lru-hi-80"], rtol=1e-5)
 
 
-def test_refit_fits_once_per_window(monkeypatch):
+def test_refit_fits_once_per_window(fitted_until):
     f = Forecaster(**TINY)
-    seen = []
-    fit = Forecaster.fit
-
-    def counting_fit(self, train, *args, **kwargs):
-        seen.append(train.groupby("unique_id").ds.max().tolist())
-        return fit(self, train, *args, **kwargs)
-
-    monkeypatch.setattr(Forecaster, "fit", counting_fit)
+    seen = fitted_until
     cv = f.cross_validation(
         DF[["unique_id", "ds", "y"]], n_windows=2, refit=True, max_steps=2, progress=False
     )
