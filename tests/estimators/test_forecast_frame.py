@@ -75,6 +75,9 @@ def test_check_frame_errors_name_the_column():
         check_frame(df.assign(x=[1.0, np.nan, 1, 1, 1]), "train", ["y", "x"], ("y",))
     with pytest.raises(DataError, match="duplicate"):
         check_frame(pd.concat([df, df.iloc[:1]]), "train", ["y"])
+    integer_ds = df.assign(ds=np.arange(5))  # the example row reads as Python values
+    with pytest.raises(DataError, match=r"1 duplicate \(unique_id, ds\) rows, e\.g\. \['a', 0\]$"):
+        check_frame(pd.concat([integer_ds, integer_ds.iloc[:1]]), "train", ["y"])
     with pytest.raises(ArgumentTypeError, match="must be a pandas DataFrame"):
         check_frame({"y": [1]}, "train", ["y"])
     check_frame(df.assign(y=[1.0, np.nan, 1, 1, 1]), "train", ["y"], ("y",))  # y may miss

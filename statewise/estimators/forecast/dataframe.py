@@ -30,6 +30,7 @@ from statewise.estimators.forecast.frame import (
     freq_to_json,
     future_rows,
     import_pandas,
+    python_scalars,
     resolve_freq,
     static_rows,
     timestamps,
@@ -153,7 +154,9 @@ class FrameData:
             "calendar": self.calendar,
             "scaler": self.scaler,
             "ids": self.ids.tolist(),
-            "tail_starts": [s if isinstance(s, int) else str(s) for s in _python(self.tail.starts)],
+            "tail_starts": [
+                s if isinstance(s, int) else str(s) for s in python_scalars(self.tail.starts)
+            ],
         }
         tensors = {
             "shift": self.shift,
@@ -245,10 +248,6 @@ def last_rows(gridded: Gridded, count: int, freq: Any) -> Gridded:
         starts.append(timestamps(start, 1, freq, skip)[0])
         rows.append(r[skip:])
     return Gridded(gridded.ids, starts, rows)
-
-
-def _python(values: list[Any]) -> list[Any]:
-    return [v.item() if isinstance(v, np.generic) else v for v in values]
 
 
 def _timestamp(text: str) -> Any:

@@ -91,7 +91,7 @@ def check_frame(df: Any, name: str, columns: list[str], nan_allowed: tuple[str, 
             raise DataError(f"{name}[{column!r}] has missing values")
     duplicated = df.duplicated([ID, DS])
     if duplicated.any():
-        first = df.loc[duplicated, [ID, DS]].iloc[0].tolist()
+        first = python_scalars(df.loc[duplicated, [ID, DS]].iloc[0].tolist())
         raise DataError(
             f"{name} has {int(duplicated.sum())} duplicate (unique_id, ds) rows, e.g. {first}"
         )
@@ -143,6 +143,11 @@ def resolve_freq(df: Any, freq: Any) -> Any:
         return inferred.pop()
     step = _gcd_step(df, lambda v: v.astype("datetime64[ns]").astype(np.int64))
     return pd.tseries.frequencies.to_offset(pd.Timedelta(step, unit="ns"))
+
+
+def python_scalars(values: list[Any]) -> list[Any]:
+    """numpy scalars as Python's (for JSON and for readable messages)."""
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
 
 
 def check_ds_kind(df: Any, name: str, freq: Any) -> None:
