@@ -210,6 +210,7 @@ def test_linear_skip_adds_a_linear_map_of_the_normalised_context_to_the_location
     )  # fmt: skip
     skip = ForecastSpec(**{**spec.__dict__, "linear_skip": True, "raw_location": location})
     model = recurrent(skip)
+    torch.nn.init.normal_(model.out.weight)  # starts at zero (see below): give it a residual
     plain = RecurrentForecaster(spec, _config()).eval()
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     assert missing == [] and sorted(unexpected) == ["skip.bias", "skip.weight"]
@@ -227,3 +228,31 @@ def test_linear_skip_adds_a_linear_map_of_the_normalised_context_to_the_location
         others = [p for p in range(5) if p != location]
         assert torch.equal(raw[..., others], base[..., others])
         assert torch.allclose(shift, y.mean(1, keepdim=True))
+
+
+def test_with_the_linear_skip_the_network_starts_as_the_linear_forecaster():
+    """W_out starts at zero under the skip: the location is W_s z + b_s + b_out, the other
+    parameters constant; the first gradient reaches W_out, and once W_out moves the
+    recurrent backbone gets gradients too (the residual can grow)."""
+    spec = ForecastSpec(
+        input_len=L, horizon=H, n_targets=2, n_params=3, revin=True,
+        channel_independent=True, linear_skip=True,
+    )  # fmt: skip
+    model = recurrent(spec).double().train()
+    assert torch.equal(model.out.weight, torch.zeros_like(model.out.weight))
+    y = torch.randn(4, L, 2, dtype=torch.float64) * 3 + 5
+    raw, _, _ = model(inputs(y))
+    z = (y - y.mean(1, keepdim=True)) / (y.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    linear = model.skip(z.transpose(1, 2)).transpose(1, 2)  # (B, H, K)
+    b = model.out.bias
+    torch.testing.assert_close(raw[..., 0], linear + b[0])
+    torch.testing.assert_close(raw[..., 1:], b[1:].expand_as(raw[..., 1:]))
+    raw.square().mean().backward()
+    assert model.out.weight.grad.abs().sum() > 0
+    backbone = [p for p in model.backbone.parameters() if p.grad is not None]
+    assert all(p.grad.abs().sum() == 0 for p in backbone)  # nothing flows through W_out = 0
+    with torch.no_grad():
+        model.out.weight -= 0.1 * model.out.weight.grad
+    model.zero_grad()
+    model(inputs(y))[0].square().mean().backward()
+    assert any(p.grad.abs().sum() > 0 for p in model.backbone.parameters())

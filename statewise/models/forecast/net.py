@@ -19,9 +19,11 @@ setup; otherwise one multivariate sequence of K targets ("channel mixing").
 
 Linear skip (``spec.linear_skip``): a linear forecaster of each target's normalised context
 (RLinear, Li et al. 2023, is exactly this term with RevIN) is added to the location
-parameter ``spec.raw_location``, so the recurrent network learns what it misses. On ETTh1,
-with d_model 16 and dropout 0.3, it gives the lowest mean validation MSE of the configurations
-in docs/forecasting.md.
+parameter ``spec.raw_location``, so the recurrent network learns what it misses. With the
+skip, W_out starts at zero: the network starts as the linear forecaster (the other
+parameters constant, from W_out's bias) and the gradient grows the recurrent residual from
+there. On ETTh1, with d_model 16 and dropout 0.3, this gives the lowest mean validation MSE
+of the configurations in docs/forecasting.md.
 
 Patching: the tokens are patches of patch_len steps (flattened), patch_stride apart, the last
 patch ending at the last context step; when (L - patch_len) is not a multiple of the stride
@@ -63,6 +65,8 @@ class RecurrentForecaster(nn.Module):
         self.future = nn.Linear(spec.n_future, d) if spec.n_future > 0 else None
         self.out = nn.Linear(d, k * spec.n_params)
         self.skip = nn.Linear(spec.input_len, spec.horizon) if spec.linear_skip else None
+        if self.skip is not None:  # start as the linear forecaster: the residual from zero
+            nn.init.zeros_(self.out.weight)
 
     def forward(self, inputs: ForecastInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         spec = self.spec
