@@ -138,8 +138,7 @@ def window_sums(
         add("mse", error**2)
         add("mae", error.abs())
         if f.options["loss"] != "mse":
-            low, high = f.family.quantiles(params, probs).unbind(-1)
-            add("coverage", (y >= low) & (y <= high))
+            add("coverage", f.family.covers(params, y, LEVEL))
             add("crps", f.family.crps(params, y))
         if residual_sd is not None:
             sd = residual_sd.expand_as(point)

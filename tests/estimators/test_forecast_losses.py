@@ -136,3 +136,46 @@ def test_adding_to_the_raw_location_shifts_the_distribution_by_that_much(name):
             family.quantiles(after, PROBS), family.quantiles(before, PROBS) + 0.75, rtol=1e-12
         )
     assert make_family("negbin", [80]).raw_location is None  # a mean in the counts' units
+
+
+@pytest.mark.parametrize("name", ["normal", "studentt"])
+@pytest.mark.parametrize("level", [50, 80, 95])
+def test_covers_reads_the_quantile_interval_through_the_cdf(name, level):
+    """covers() of normal and Student-t (one CDF evaluation) agrees with membership of the
+    quantile interval (the base class's rule), also for targets a hair inside or outside
+    either bound, and with scipy's CDF."""
+    family = make_family(name, [level])
+    params = family.constrain(_raw(family.n_params, shape=(200,), seed=3))
+    low, high = family.quantiles(params, level_probabilities([level])).unbind(-1)
+    hair = 1e-6 * params[..., 1]
+    targets = torch.cat(
+        [
+            torch.randn(200, dtype=torch.float64) * 3,
+            low - hair,
+            low + hair,
+            high - hair,
+            high + hair,
+        ]
+    )
+    params = params.repeat(5, 1)
+    quantile_rule = super(type(family), family).covers(params, targets, level)
+    got = family.covers(params, targets, level)
+    assert torch.equal(got, quantile_rule)
+    assert got[200:].view(4, 200).all(1).tolist() == [False, True, True, False]
+    loc, scale = params[..., 0].numpy(), params[..., 1].numpy()
+    if name == "normal":
+        cdf = stats.norm.cdf(targets.numpy(), loc, scale)
+    else:
+        cdf = stats.t.cdf(targets.numpy(), params[..., 2].numpy(), loc, scale)
+    lo, hi = level_probabilities([level])
+    np.testing.assert_array_equal(got.numpy(), (cdf >= lo) & (cdf <= hi))
+
+
+@pytest.mark.parametrize("name", ["quantile", "negbin"])
+def test_covers_of_the_other_families_compares_with_their_quantiles(name):
+    family = make_family(name, [80])
+    params = family.constrain(_raw(family.n_params, shape=(50,), seed=4))
+    low, high = family.quantiles(params, level_probabilities([80])).unbind(-1)
+    targets = torch.cat([low, high, low - 1, high + 1, (low + high) / 2])
+    got = family.covers(params.repeat(5, 1), targets, 80)
+    assert got.view(5, 50).all(1).tolist() == [True, True, False, False, True]

@@ -30,7 +30,13 @@ softplus comes after that map.
 Quantiles: normal by ``torch.special.ndtri``, Student-t by
 :mod:`statewise.estimators.forecast.studentt`, negbin exactly from its cumulative
 probabilities (the smallest count k with P(Y <= k) >= p, summing the probabilities of 0 ..
-mu + 12 sd + 12: the rest of the mass is far below any level's tail)."""
+mu + 12 sd + 12: the rest of the mass is far below any level's tail).
+
+Interval membership (:meth:`Family.covers`, for coverage): y lies in the central interval
+[q_lo, q_hi] exactly when lo <= F(y) <= hi for a continuous, increasing CDF F, so normal and
+Student-t read it from one CDF evaluation instead of a quantile solve (the Student-t's
+Newton iterations evaluate its CDF's quadrature about five times); the other families
+compare y with their quantiles."""
 
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ from statewise.estimators.forecast.metrics import (
     crps_studentt,
     midpoint_probabilities,
 )
-from statewise.estimators.forecast.studentt import studentt_icdf, studentt_log_pdf
+from statewise.estimators.forecast.studentt import studentt_cdf, studentt_icdf, studentt_log_pdf
 from statewise.models.forecast.inputs import MIN_SCALE
 
 LOSSES = ("studentt", "normal", "quantile", "negbin", "mse")
@@ -72,6 +78,17 @@ def level_probabilities(levels: Sequence[float]) -> list[float]:
     0.5 - level/200 and 0.5 + level/200 for each level."""
     lows = [round(0.5 - level / 200, 12) for level in levels]
     return sorted(lows + [1 - p for p in lows])
+
+
+def _cdf_between(cdf: torch.Tensor, level: float) -> torch.Tensor:
+    """Bool: lo <= cdf <= hi, the probabilities of the central ``level``% interval."""
+    low, high = level_probabilities([level])
+    return (cdf >= low) & (cdf <= high)
+
+
+def _standardized(params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(target - loc) / scale in float64, for a location-scale family."""
+    return (target.double() - params[..., 0].double()) / params[..., 1].double()
 
 
 def _masked_mean(values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -118,6 +135,12 @@ class Family:
             "'negbin'"
         )
 
+    def covers(self, params: torch.Tensor, target: torch.Tensor, level: float) -> torch.Tensor:
+        """Bool (params[..., 0]'s shape): whether ``target`` lies in the central ``level``%
+        interval [q_(0.5 - level/200), q_(0.5 + level/200)], bounds included."""
+        low, high = self.quantiles(params, level_probabilities([level])).unbind(-1)
+        return (target >= low) & (target <= high)
+
     def crps(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """CRPS per element (metrics.py): closed form for normal and Student-t, the
         quantile estimator for the others (the trained quantiles; negbin's on a grid of 99)."""
@@ -141,6 +164,9 @@ class Normal(Family):
     def crps(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return crps_normal(target, params[..., 0], params[..., 1])
 
+    def covers(self, params: torch.Tensor, target: torch.Tensor, level: float) -> torch.Tensor:
+        return _cdf_between(torch.special.ndtr(_standardized(params, target)), level)
+
     def quantiles(self, params: torch.Tensor, probs: Sequence[float]) -> torch.Tensor:
         z = torch.special.ndtri(torch.tensor(probs, dtype=torch.float64))
         return params[..., :1] + params[..., 1:2] * z.to(params.dtype)
@@ -160,6 +186,9 @@ class StudentT(Family):
     def crps(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loc, scale, df = params.unbind(-1)
         return crps_studentt(target, loc, scale, df).to(params.dtype)
+
+    def covers(self, params: torch.Tensor, target: torch.Tensor, level: float) -> torch.Tensor:
+        return _cdf_between(studentt_cdf(_standardized(params, target), params[..., 2]), level)
 
     def quantiles(self, params: torch.Tensor, probs: Sequence[float]) -> torch.Tensor:
         # t_(1 - p) = -t_p and t_0.5 = 0: one solve per distance from the median
