@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,3 +245,53 @@ def test_s4d_doc_states_which_parameters_skip_weight_decay(monkeypatch):
     stated = re.search(r"tag, so ((?:`\w+`(?:, | and )?)+) train without weight decay", text)
     assert stated, "docs/models/s4d.md should say which parameters skip weight decay"
     assert sorted(re.findall(r"`(\w+)`", stated.group(1))) == skipped
+
+
+# ------------------------------------------------------ documented commands
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every ``statewise ...`` line of the README's and docs/'s fenced blocks, as argv.
+
+    The synopses' notation is read as a user would type it: ``[--flag X]`` is the flag
+    given, ``a|b`` the first choice, a ``NAME=value`` line of the block fills ``$NAME``,
+    and a column after two spaces that starts with a lower-case word is a description.
+    Lines whose sub-command ends with ``:`` are printed output, not commands."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+            block = block.replace("\\\n", " ")
+            for name, quoted, bare in re.findall(
+                r'^([A-Z][A-Z0-9_]*)=(?:"([^"]*)"|(\S*))', block, re.M
+            ):
+                block = block.replace(f"${name}", quoted or bare)
+            for line in block.splitlines():
+                for part in re.split(r"&&|;| \| ", line):
+                    match = re.match(r"\s*(?:\S*/)?statewise\s+(?![\w/]*\.py)(.*)", part)
+                    if not match or re.match(r"[\w ]+:", match.group(1)):
+                        continue
+                    text = re.split(r"\s{2,}(?=[a-z])", match.group(1))[0]
+                    text = re.sub(r"(\S+?)\|\S+", r"\1", text.replace("[", " ").replace("]", " "))
+                    argv = shlex.split(text, comments=True)
+                    found.append((f"{path.relative_to(ROOT)}: {part.strip()}", argv))
+    return found
+
+
+def test_documented_commands_parse():
+    """Each command the docs show names a sub-command and flags the CLI has (a renamed
+    or removed flag fails here). A metavar in place of a typed value (``--vocab-size
+    N``) is accepted."""
+    from statewise.cli import UsageError, build_parser
+
+    commands = documented_commands()
+    assert len(commands) > 50  # the README's synopsis, the benchmark and serving commands
+    wrong = []
+    for where, argv in commands:
+        try:
+            args, extra = build_parser().parse_known_args(argv)
+            if extra and args.command != "train":  # train alone takes --section.key=value
+                wrong.append(f"{where}: unrecognised {extra}")
+        except UsageError as err:
+            if not re.search(r"invalid \w+ value: '[A-Z][A-Z0-9_,]*'", str(err)):
+                wrong.append(f"{where}: {err}")
+    assert not wrong, "\n".join(wrong)
