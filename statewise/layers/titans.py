@@ -63,6 +63,10 @@ class Titans(SequenceMixer):
         expansion: the depth-2 memory's hidden width is int(expansion * D / H).
         chunk_size: C, the real tokens per chunk sharing the gradient's weights.
         max_lr: the learning rate theta is max_lr * sigmoid(.).
+        forget_init: the forgetting alpha starts near this value (its bias is
+            logit(forget_init), its weights are nn.Linear's). 0.01 by default: from a
+            zero bias (alpha near 0.5) a depth-2 memory decays within a few tokens to
+            zero, where its gradient vanishes (docs/models/titans.md).
         norm_eps: epsilon of the per-head RMSNorm of the read.
         mode: "auto", "recurrent" or "chunk".
 
@@ -80,6 +84,7 @@ class Titans(SequenceMixer):
         expansion: float = 2.0,
         chunk_size: int = 16,
         max_lr: float = 0.1,
+        forget_init: float = 0.01,
         norm_eps: float = 1e-5,
         mode: str = "auto",
     ) -> None:
@@ -98,6 +103,9 @@ class Titans(SequenceMixer):
         self.max_lr = positive_number("max_lr", max_lr)
         if self.max_lr > 1.0:
             raise ArgumentError(f"max_lr must be in (0, 1], got {max_lr!r}")
+        self.forget_init = positive_number("forget_init", forget_init)
+        if self.forget_init >= 1.0:
+            raise ArgumentError(f"forget_init must be in (0, 1), got {forget_init!r}")
 
         width = n_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, width, bias=False)
@@ -111,11 +119,20 @@ class Titans(SequenceMixer):
         )
         self.o_norm = HeadRMSNorm(d, norm_eps)
         self.o_proj = nn.Linear(width, d_model, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """alpha's bias at logit(forget_init), so alpha starts near forget_init."""
+        self.rate_proj.bias[2 * self.n_heads :] = math.log(
+            self.forget_init / (1 - self.forget_init)
+        )
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, depth={self.depth}, "
             f"hidden={self.hidden}, chunk_size={self.chunk_size}, max_lr={self.max_lr}, "
+            f"forget_init={self.forget_init}, "
             f"mode={self.mode!r}"
         )
 

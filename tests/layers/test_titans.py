@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from statewise import layers as L
+from statewise.errors import ArgumentError
 from statewise.ops.neural_memory import memory_grads
 
 F64 = dict(rtol=1e-9, atol=1e-10)
@@ -154,3 +155,27 @@ def test_masked_steps_carry_everything():
         _, final = layer(x, state, mask=torch.zeros(2, 4, dtype=torch.bool))
         for key in state:
             torch.testing.assert_close(final[key], state[key], **F64)
+
+
+@pytest.mark.parametrize("forget_init", [0.5, 0.01])
+def test_forget_init_is_the_forgetting_at_initialisation(forget_init):
+    """With the rate projection's weights at zero, alpha is forget_init on every token; with
+    a vanishing learning rate nothing is written, so after T tokens the memory is
+    (1 - forget_init)^T M_0 (the state holds M - M_0)."""
+    layer = make(1, 4, forget_init=forget_init, max_lr=1e-12)
+    with torch.no_grad():
+        layer.rate_proj.weight.zero_()
+    # the bias was set in float32 at construction: alpha is forget_init to float32 rounding
+    alpha = torch.sigmoid(layer.rate_proj.bias.detach()[2 * layer.n_heads :])
+    torch.testing.assert_close(alpha, torch.full_like(alpha, forget_init), rtol=1e-6, atol=0)
+    x = torch.randn(2, 12, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    _, state = layer(x)
+    keep = (1 - alpha)[None, :, None, None]
+    expected = (keep**12 - 1) * layer.memory_init[0].detach()
+    torch.testing.assert_close(state["memory_1"], expected.expand(2, -1, -1, -1), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, float("nan")])
+def test_forget_init_outside_zero_one_is_refused(value):
+    with pytest.raises(ArgumentError, match="forget_init"):
+        L.get("titans", d_model=D, n_heads=2, forget_init=value)
