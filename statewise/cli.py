@@ -430,6 +430,7 @@ def _overrides(extra: list[str]) -> list[str]:
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from statewise.tasks.config import build_task
     from statewise.train import checkpoint
+    from statewise.train.evaluate import mean_over_lengths
     from statewise.train.objectives import objective_for
 
     lengths = []
@@ -463,7 +464,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     if lengths:
         by_length = objective.test(model, task, lengths, config.train.batch_size, args.test_batches)
         result[f"test_{metric}"] = {str(n): value for n, value in by_length.items()}
-        result[f"test_{metric}_mean"] = sum(by_length.values()) / len(by_length)
+        result[f"test_{metric}_mean"] = mean_over_lengths(by_length)
     if args.dynamic:
         result["dynamic"] = _dynamic_eval(args, model, task)
     if args.json:
@@ -474,9 +475,11 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
         )
         for n, value in result.get(f"test_{metric}", {}).items():
-            print(f"  test {metric} at length {n}: {value:.4f}")
+            shown = "none: the activations overflowed" if value is None else f"{value:.4f}"
+            print(f"  test {metric} at length {n}: {shown}")
         if lengths:
-            print(f"  mean over test lengths: {result[f'test_{metric}_mean']:.4f}")
+            overflowed = " (a length that overflowed counts 0)" * (None in by_length.values())
+            print(f"  mean over test lengths: {result[f'test_{metric}_mean']:.4f}{overflowed}")
         if args.dynamic:
             d = result["dynamic"]
             print(

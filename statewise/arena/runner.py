@@ -42,7 +42,7 @@ from statewise.estimators.fit import train_loop
 from statewise.models import ModelConfig, build_model
 from statewise.tasks.base import unpack_batch
 from statewise.tasks.config import DataConfig, build_task
-from statewise.train.evaluate import evaluate, evaluate_lengths, token_loss
+from statewise.train.evaluate import evaluate, evaluate_lengths, mean_over_lengths, token_loss
 
 WEIGHT_DECAY = 0.1
 TEST_BATCHES = 2  # batches per test length
@@ -245,7 +245,7 @@ def run_cell(
     )
     tests = {str(length): acc for length, acc in by_length.items()}
     if name == "test_accuracy":
-        value = sum(tests.values()) / len(tests)
+        value = mean_over_lengths(by_length)
     else:
         value = best["val_accuracy"] if metric == "accuracy" else best["val_loss"]
     return {

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from statewise.errors import ArgumentError
+from statewise.errors import ArgumentError, NonFiniteError
 from statewise.tasks.base import IGNORE, Task, unpack_batch
 
 
@@ -61,10 +61,32 @@ def evaluate(model: nn.Module, task: Task, batch_size: int, n_batches: int) -> d
     return out
 
 
+def at_lengths(score: Callable[[int], float], lengths: Iterable[int]) -> dict[int, float | None]:
+    """``score(length)`` at each length, None where the model's activations overflowed.
+
+    A model trained on short sequences can overflow on longer ones (a state that grows
+    with the length); the layers refuse such an output (NonFiniteError). The model gives
+    no answer at that length, which is a result, not an error of the input."""
+    out: dict[int, float | None] = {}
+    for length in lengths:
+        try:
+            out[length] = score(length)
+        except NonFiniteError:
+            out[length] = None
+    return out
+
+
+def mean_over_lengths(by_length: dict[int, float | None]) -> float:
+    """The mean of a metric over the test lengths, a length without an answer (None: the
+    activations overflowed) counted as 0, as a wrong answer."""
+    return sum(v or 0.0 for v in by_length.values()) / len(by_length)
+
+
 def evaluate_lengths(
     model: nn.Module, task: Task, lengths: Iterable[int], batch_size: int, n_batches: int
-) -> dict[int, float]:
-    """Accuracy on the task's test split at each of ``lengths`` (length generalisation).
+) -> dict[int, float | None]:
+    """Accuracy on the task's test split at each of ``lengths`` (length generalisation);
+    None at a length where the model's activations overflowed (:func:`at_lengths`).
 
     Only tasks with a ``test_batches(batch_size, n_batches, length)`` split have one (the
     synthetic tasks); anything else is a ValueError.
@@ -72,7 +94,7 @@ def evaluate_lengths(
     lengths = list(lengths)
     if lengths and not hasattr(task, "test_batches"):
         raise ArgumentError(f"task {type(task).__name__} has no test split at other lengths")
-    return {
-        length: _score(model, task.test_batches(batch_size, n_batches, length))[1]
-        for length in lengths
-    }
+    return at_lengths(
+        lambda length: _score(model, task.test_batches(batch_size, n_batches, length))[1],
+        lengths,
+    )

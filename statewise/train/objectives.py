@@ -32,7 +32,7 @@ from statewise.models.decoding import greedy_decode
 from statewise.tasks.base import IGNORE, Batch, Task, unpack_batch
 from statewise.tasks.seq_metrics import character_error_rate, exact_match, span_f1, token_accuracy
 from statewise.tasks.transduction import EOS, PAD
-from statewise.train.evaluate import evaluate, evaluate_lengths, token_loss
+from statewise.train.evaluate import at_lengths, evaluate, evaluate_lengths, token_loss
 
 DECODE_MARGIN = 10  # greedy seq2seq decodes stop at the longest reference + this many tokens
 
@@ -73,7 +73,7 @@ class LanguageModelObjective:
 
     def test(
         self, model: nn.Module, task: Task, lengths: list[int], batch_size: int, n_batches: int
-    ) -> dict[int, float]:
+    ) -> dict[int, float | None]:
         return evaluate_lengths(model, task, lengths, batch_size, n_batches)
 
 
@@ -148,13 +148,15 @@ class SequenceObjective:
 
     def test(
         self, model: nn.Module, task: Task, lengths: list[int], batch_size: int, n_batches: int
-    ) -> dict[int, float]:
+    ) -> dict[int, float | None]:
         if lengths and not hasattr(task, "test_batches"):
             raise ArgumentError(f"task {type(task).__name__} has no test split at other lengths")
-        return {
-            n: self._score(model, task.test_batches(batch_size, n_batches, n), "")[self.metric]
-            for n in lengths
-        }
+        return at_lengths(
+            lambda n: self._score(model, task.test_batches(batch_size, n_batches, n), "")[
+                self.metric
+            ],
+            lengths,
+        )
 
 
 class Seq2SeqObjective(SequenceObjective):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from statewise.cli import main
+from statewise.errors import NonFiniteError
 from statewise.tasks.config import DataConfig, build_task
 from statewise.train import checkpoint
-from statewise.train.evaluate import evaluate_lengths
+from statewise.train.evaluate import evaluate_lengths, mean_over_lengths
 
 PARITY = """
 [model]
@@ -100,3 +101,56 @@ def test_batch_counts_below_one_are_one_line_errors(parity_run, capsys, flag):
     assert main(["eval", "--checkpoint", str(parity_run), flag, "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"statewise eval: {flag}") and "\n" not in err
+
+
+OVERFLOWING = PARITY.replace('layer = "gru"', 'layer = "titans"\nlayer_kwargs = {max_lr = 1.0}')
+
+
+def _make_memory_diverge(model: torch.nn.Module) -> None:
+    """Titans' memory as gradient descent that cannot settle: step max_lr = 1, momentum
+    1, no forgetting, values x10. Finite over a few tokens, it overflows float32 over a
+    few hundred: what a model trained on short sequences can do on long ones."""
+    mixer = model.backbone.blocks[0].mixer
+    heads = mixer.n_heads
+    with torch.no_grad():
+        mixer.rate_proj.weight.zero_()
+        mixer.rate_proj.bias[: 2 * heads] = 20.0  # theta = max_lr, eta = 1
+        mixer.rate_proj.bias[2 * heads :] = -20.0  # alpha = 0
+        mixer.v_proj.weight.mul_(10.0)
+
+
+@pytest.fixture
+def overflowing_run(tmp_path):
+    config = tmp_path / "parity.toml"
+    config.write_text(OVERFLOWING)
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    saved = checkpoint.read(out)
+    model = saved.model()
+    _make_memory_diverge(model)
+    checkpoint.save(out, saved.config(), model, {"step": saved.step + 1}, [])
+    return out
+
+
+def test_a_length_where_the_model_overflows_scores_none(overflowing_run):
+    model = checkpoint.load(str(overflowing_run))
+    task = build_task(DataConfig(task="parity", train_max_len=6), 0)
+    long_inputs, _ = next(iter(task.test_batches(8, 1, 256)))
+    with pytest.raises(NonFiniteError), torch.no_grad():
+        model(long_inputs)  # the model itself refuses its overflowed output
+    scores = evaluate_lengths(model, task, [7, 256], 8, 2)
+    assert scores[256] is None and 0.0 <= scores[7] <= 1.0
+    assert mean_over_lengths(scores) == pytest.approx(scores[7] / 2)
+
+
+def test_eval_reports_an_overflowed_length_and_goes_on(overflowing_run, capsys):
+    capsys.readouterr()
+    argv = ["eval", "--checkpoint", str(overflowing_run), "--test-lengths", "7,256"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_accuracy"]["256"] is None
+    assert result["test_accuracy_mean"] == pytest.approx(result["test_accuracy"]["7"] / 2)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "at length 256: none: the activations overflowed" in out
+    assert "(a length that overflowed counts 0)" in out
