@@ -62,7 +62,10 @@ class Titans(SequenceMixer):
             (M(x) = W_2 silu(W_1 x)).
         expansion: the depth-2 memory's hidden width is int(expansion * D / H).
         chunk_size: C, the real tokens per chunk sharing the gradient's weights.
-        max_lr: the learning rate theta is max_lr * sigmoid(.).
+        max_lr: the learning rate theta is max_lr * sigmoid(.). 0.01 by default: a
+            chunk's gradients are summed at its start weights, so repeated tokens step
+            up to chunk_size * theta along one key; with 0.1 the memory overflowed on
+            128 tokens of text at initialisation (docs/models/titans.md).
         forget_init: the forgetting alpha starts near this value (its bias is
             logit(forget_init), its weights are nn.Linear's). 0.01 by default: from a
             zero bias (alpha near 0.5) a depth-2 memory decays within a few tokens to
@@ -83,7 +86,7 @@ class Titans(SequenceMixer):
         depth: int = 2,
         expansion: float = 2.0,
         chunk_size: int = 16,
-        max_lr: float = 0.1,
+        max_lr: float = 0.01,
         forget_init: float = 0.01,
         norm_eps: float = 1e-5,
         mode: str = "auto",

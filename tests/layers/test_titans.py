@@ -179,3 +179,23 @@ def test_forget_init_is_the_forgetting_at_initialisation(forget_init):
 def test_forget_init_outside_zero_one_is_refused(value):
     with pytest.raises(ArgumentError, match="forget_init"):
         L.get("titans", d_model=D, n_heads=2, forget_init=value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_memory_stays_finite_on_long_text_at_initialisation(seed):
+    """Gradients of a chunk are summed at its start weights, so text, whose tokens repeat,
+    takes steps up to chunk_size times theta along one key: with max_lr 0.1 and the slow
+    default forgetting the memory overflowed on 128 tokens of the built-in text in every
+    seed (docs/models/titans.md). The defaults must read 2,048 tokens of it."""
+    from statewise.models import build_model
+    from statewise.models.config import ModelConfig
+    from statewise.tasks.base import unpack_batch
+    from statewise.tasks.config import DataConfig, build_task
+
+    task = build_task(DataConfig(task="char_lm", seq_len=2048), 0)
+    inputs, _, resets = unpack_batch(task.train_batch(0, 4))
+    torch.manual_seed(seed)
+    config = ModelConfig(layer="titans", d_model=64, n_layers=2, vocab_size=task.vocab_size)
+    with torch.no_grad():
+        logits = build_model(config)(inputs, resets=resets)  # NonFiniteError if it overflows
+    assert bool(torch.isfinite(logits).all())
