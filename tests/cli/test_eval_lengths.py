@@ -34,13 +34,18 @@ log_every = 2
 """
 
 
-@pytest.fixture
-def parity_run(tmp_path):
+def _train(tmp_path, toml: str):
+    """A 4-step run of the config ``toml``; its run directory."""
     config = tmp_path / "parity.toml"
-    config.write_text(PARITY)
+    config.write_text(toml)
     out = tmp_path / "run"
     assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture
+def parity_run(tmp_path):
+    return _train(tmp_path, PARITY)
 
 
 def test_eval_reports_accuracy_at_each_test_length(parity_run, capsys):
@@ -121,10 +126,7 @@ def _make_memory_diverge(model: torch.nn.Module) -> None:
 
 @pytest.fixture
 def overflowing_run(tmp_path):
-    config = tmp_path / "parity.toml"
-    config.write_text(OVERFLOWING)
-    out = tmp_path / "run"
-    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    out = _train(tmp_path, OVERFLOWING)
     saved = checkpoint.read(out)
     model = saved.model()
     _make_memory_diverge(model)
