@@ -37,12 +37,13 @@ from statewise.arena.budget import count_params, match_d_model, model_state_floa
 from statewise.arena.executors import environment
 from statewise.arena.suites import Suite, TaskSpec
 from statewise.arena.variants import layer_of, split_entry
-from statewise.errors import ArgumentError, TrainingDiverged
+from statewise.errors import ArgumentError, NonFiniteError, TrainingDiverged
 from statewise.estimators.fit import train_loop
 from statewise.models import ModelConfig, build_model
 from statewise.tasks.base import unpack_batch
 from statewise.tasks.config import DataConfig, build_task
 from statewise.train.evaluate import evaluate, evaluate_lengths, mean_over_lengths, token_loss
+from statewise.train.optim import diverged_forward
 
 WEIGHT_DECAY = 0.1
 TEST_BATCHES = 2  # batches per test length
@@ -107,7 +108,8 @@ def _train_run(
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one model at one learning rate; returns it and its validation record, or
     None and a record with ``diverged`` (the step and the non-finite value) if it
-    diverged."""
+    diverged: a non-finite loss, gradient or weight, or activations that overflowed in
+    the planning forward, a training step or validation (the layers refuse them)."""
     torch.manual_seed(seed)
     model = build_model(config)
     batch = suite.batch_size
@@ -119,9 +121,9 @@ def _train_run(
         counter["tokens"] += inputs.numel()
         return token_loss(model(inputs, resets=resets), targets)
 
-    total = steps if steps is not None else _plan_steps(model, task, batch, budget_s)
     history: list[dict[str, float]] = []
     try:
+        total = steps if steps is not None else _plan_steps(model, task, batch, budget_s)
         train_loop(
             model,
             loss_fn,
@@ -135,7 +137,10 @@ def _train_run(
             progress=False,
             history=history,
         )
-    except TrainingDiverged as err:
+        scores = evaluate(model, task, batch, suite.eval_batches)
+    except (TrainingDiverged, NonFiniteError) as err:
+        if isinstance(err, NonFiniteError):  # the planning forward or validation overflowed
+            err = diverged_forward(counter["step"] + 1, model)
         diverged = {"step": err.step, "what": err.what, "value": str(err.value)}
         return None, {"lr": lr, "steps": err.step - 1, "diverged": diverged}
     seconds = history[-1]["time_s"] if history else 0.0
@@ -145,7 +150,7 @@ def _train_run(
         "tokens": counter["tokens"],
         "train_seconds": round(seconds, 3),
         "tokens_per_s": round(counter["tokens"] / max(seconds, 1e-9), 1),
-        **{k: _finite(v) for k, v in evaluate(model, task, batch, suite.eval_batches).items()},
+        **{k: _finite(v) for k, v in scores.items()},
         "loss_curve": _curve(history),
     }
     return model, record

@@ -91,3 +91,36 @@ def test_the_arena_records_diverged_learning_rates_and_goes_on(tmp_path, divergi
     again: list[str] = []
     run_arena(diverging_suite, out, steps=5, d_model=8, log=again.append)
     assert sum("done before, skipped" in line for line in again) == 2  # not retried
+
+
+@pytest.mark.parametrize("where", ["_plan_steps", "evaluate"])
+def test_an_overflow_outside_the_training_steps_is_a_diverged_learning_rate(
+    tmp_path, diverging_suite, monkeypatch, where
+):
+    """A model whose activations overflow in the planning forward (before any step) or
+    in validation (after training) raises NonFiniteError there, as the layers refuse a
+    non-finite output: the learning rate is recorded as diverged and the run goes on."""
+    from statewise.arena import runner
+    from statewise.errors import NonFiniteError
+
+    def overflow(*args, **kwargs):
+        raise NonFiniteError("x: values too large for this layer: the output overflowed")
+
+    monkeypatch.setattr(runner, where, overflow)
+    suite = Suite(
+        "overflowing",
+        ("gru",),
+        ("mqar",),
+        params=3_000,
+        budget_s=2.0,
+        lrs={"default": (1e-3,)},
+        batch_size=8,
+        eval_batches=1,
+    )
+    steps = None if where == "_plan_steps" else 5
+    report = run_arena(suite, tmp_path / "arena", steps=steps, d_model=8, log=lambda line: None)
+    (cell,) = report["cells"]
+    assert cell["value"] is None and cell["diverged"].startswith("diverged: lr 0.001 at step")
+    (run,) = cell["sweep"]
+    assert run["diverged"]["what"] == "an activation"
+    assert run["steps"] == (0 if where == "_plan_steps" else 5)
