@@ -464,7 +464,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     if lengths:
         by_length = objective.test(model, task, lengths, config.train.batch_size, args.test_batches)
         result[f"test_{metric}"] = {str(n): value for n, value in by_length.items()}
-        result[f"test_{metric}_mean"] = mean_over_lengths(by_length)
+        result[f"test_{metric}_mean"] = mean_over_lengths(by_length, objective.no_answer)
     if args.dynamic:
         result["dynamic"] = _dynamic_eval(args, model, task)
     if args.json:
@@ -478,7 +478,9 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             shown = "none: the activations overflowed" if value is None else f"{value:.4f}"
             print(f"  test {metric} at length {n}: {shown}")
         if lengths:
-            overflowed = " (a length that overflowed counts 0)" * (None in by_length.values())
+            overflowed = f" (a length that overflowed counts {objective.no_answer:g})" * (
+                None in by_length.values()
+            )
             print(f"  mean over test lengths: {result[f'test_{metric}_mean']:.4f}{overflowed}")
         if args.dynamic:
             d = result["dynamic"]

@@ -76,10 +76,12 @@ def at_lengths(score: Callable[[int], float], lengths: Iterable[int]) -> dict[in
     return out
 
 
-def mean_over_lengths(by_length: dict[int, float | None]) -> float:
-    """The mean of a metric over the test lengths, a length without an answer (None: the
-    activations overflowed) counted as 0, as a wrong answer."""
-    return sum(v or 0.0 for v in by_length.values()) / len(by_length)
+def mean_over_lengths(by_length: dict[int, float | None], no_answer: float = 0.0) -> float:
+    """The mean of a metric over the test lengths; a length without an answer (None: the
+    activations overflowed) counts as ``no_answer``, the metric of an empty answer (0 for
+    an accuracy, 1 for a character error rate)."""
+    values = [no_answer if v is None else v for v in by_length.values()]
+    return sum(values) / len(values)
 
 
 def evaluate_lengths(

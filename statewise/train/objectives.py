@@ -41,6 +41,7 @@ class LanguageModelObjective:
     """Next-token prediction (model.head "lm"), with state passing and resets."""
 
     metric = "accuracy"
+    no_answer = 0.0  # the metric of a length the model cannot answer (overflow)
     language_model = True
 
     def check(self, model: ModelConfig, task: Task) -> None:
@@ -94,6 +95,7 @@ class SequenceObjective:
     ``loss(*batch, reduction)``, no carried state, and scores from decoded batches."""
 
     metric = ""
+    no_answer = 0.0  # the metric of a length the model cannot answer (overflow)
     language_model = False
 
     def check(self, model: ModelConfig, task: Task) -> None:
@@ -177,6 +179,7 @@ class Seq2SeqObjective(SequenceObjective):
 
 class RecognizerObjective(SequenceObjective):
     metric = "cer"
+    no_answer = 1.0  # the character error rate of an empty transcript
 
     def units(self, batch: Batch) -> int:
         return batch[0].shape[0]

@@ -156,3 +156,17 @@ def test_eval_reports_an_overflowed_length_and_goes_on(overflowing_run, capsys):
     out = capsys.readouterr().out
     assert "at length 256: none: the activations overflowed" in out
     assert "(a length that overflowed counts 0)" in out
+
+
+def test_no_answer_is_each_metric_of_an_empty_answer():
+    """A length that overflowed counts as an empty answer would score: 0 for the
+    accuracies, 1 for the character error rate (lower is better: counting 0 there would
+    make the overflow the best score)."""
+    from statewise.tasks.seq_metrics import character_error_rate, exact_match
+    from statewise.train import objectives
+
+    want, empty = [[3, 1, 4], [1, 5]], [[], []]
+    assert objectives.RecognizerObjective.no_answer == character_error_rate(want, empty)
+    assert objectives.Seq2SeqObjective.no_answer == exact_match(want, empty)
+    assert objectives.LanguageModelObjective.no_answer == 0.0  # no token right
+    assert mean_over_lengths({7: 0.3, 256: None}, no_answer=1.0) == pytest.approx(0.65)
